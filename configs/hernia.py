@@ -1,0 +1,20 @@
+"""Hernia (0.2% of NIH images) on the real ChestX-ray14 data.
+
+  python -m jaxcxr.main --config=configs/hernia.py --config.data.dir=/data/chestxray14 --workdir=/tmp/hernia
+  python -m jaxcxr.main --config=configs/hernia.py:focal --workdir=/tmp/hernia_focal
+
+Arms (after the colon): baseline (plain BCE, no rebalancing), weighted (cost-sensitive BCE; the default),
+focal (focal loss).
+"""
+
+from configs import base
+from configs import arms
+
+
+def get_config(arg="weighted"):
+  config = base.get_config()
+  config.data.source = "nih"
+  config.data.target = "Hernia"
+  config.data.image_size = 224
+  config.model.name = "resnet50"
+  return arms.apply_arm(config, arg or "weighted")

@@ -1,0 +1,18 @@
+"""Pneumothorax (4.7% of NIH images) on the real ChestX-ray14 data.
+
+  python -m jaxcxr.main --config=configs/pneumothorax.py --config.data.dir=/data/chestxray14 --workdir=/tmp/ptx
+
+Arms (after the colon): baseline (plain BCE), weighted (cost-sensitive BCE; the default), focal.
+"""
+
+from configs import base
+from configs import arms
+
+
+def get_config(arg="weighted"):
+  config = base.get_config()
+  config.data.source = "nih"
+  config.data.target = "Pneumothorax"
+  config.data.image_size = 224
+  config.model.name = "resnet50"
+  return arms.apply_arm(config, arg or "weighted")

@@ -1,0 +1,32 @@
+"""jaxcxr: a JAX/Flax trainer for chest X-ray classification under class imbalance."""
+
+import setuptools
+
+setuptools.setup(
+    name="jaxcxr",
+    version="0.1.0",
+    description="JAX/Flax chest X-ray classification for badly imbalanced findings (NIH ChestX-ray14).",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["jaxcxr", "jaxcxr.*", "configs"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.7,<0.11",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.5,<0.3",
+        "orbax-checkpoint>=0.11.20,<0.13",
+        "grain>=0.2.12,<0.3",
+        "ml-collections>=1.1,<2",
+        "absl-py>=2.1,<3",
+        "numpy>=1.26,<3",
+        "scikit-learn>=1.5,<2",
+        "imbalanced-learn>=0.13,<0.15",
+        "pillow>=10,<14",
+        "matplotlib>=3.8,<4",
+        "tqdm>=4.66,<5",
+        "tensorboardX>=2.6,<3",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3"],
+    },
+)
