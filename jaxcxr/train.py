@@ -1,0 +1,311 @@
+"""The trainer, top to bottom: mesh -> data -> model -> shard -> step -> checkpoint -> loop -> report.
+
+One jitted `train_step` runs data-parallel over every device: the batch is sharded along the mesh axis
+'data', the train state is replicated, and XLA inserts the gradient all-reduce (and computes BatchNorm
+statistics over the global batch).
+"""
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+import flax
+from flax.training import train_state
+import grain
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+
+from jaxcxr import losses
+from jaxcxr import metrics as metrics_lib
+from jaxcxr import models
+from jaxcxr import writers
+from jaxcxr.data import datasets
+from jaxcxr.data import nih
+from jaxcxr.data import pipeline
+
+# Fixed normalisation of [0, 1] grey values; chest radiographs average about 0.5.
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+
+
+def compute_dtype(name):
+  if name == "auto":
+    return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def normalize(images):
+  """uint8 (B, S, S, 1) -> float32, zero-centred."""
+  return (images.astype(jnp.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD
+
+
+def create_model(config, *, prevalence=None):
+  """The Flax model of `config.model`; `prevalence` (14,) sets the head bias when head_bias='prior'."""
+  bias = None
+  if config.model.head_bias == "prior":
+    p = np.clip(np.asarray(prevalence, np.float64), 1e-4, 1 - 1e-4)
+    bias = tuple(np.log(p / (1 - p)).tolist())
+  elif config.model.head_bias != "zero":
+    raise ValueError(f"model.head_bias must be 'prior' or 'zero', got {config.model.head_bias!r}.")
+  return models.get_model(config.model.name, num_classes=len(nih.CLASSES),
+                          dtype=compute_dtype(config.model.dtype), head_bias_init=bias)
+
+
+def create_optimizer(config):
+  """AdamW with linear warm-up and cosine decay; weight decay on kernels only."""
+  t = config.train
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=t.learning_rate, warmup_steps=min(t.warmup_steps, t.num_steps),
+      decay_steps=max(t.num_steps, t.warmup_steps + 1), end_value=0.0)
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  return optax.adamw(schedule, weight_decay=t.weight_decay, mask=decay_mask), schedule
+
+
+def create_train_state(config, model, rng, image_size):
+  tx, _ = create_optimizer(config)
+  variables = model.init(rng, jnp.zeros((1, image_size, image_size, 1), jnp.float32), train=False)
+  state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                            batch_stats=variables["batch_stats"])
+  # A strongly typed step, so restored and fresh states share one compiled step.
+  return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+def train_step(state, batch, *, loss_fn):
+  """One optimiser step on a (sharded) global batch; returns the new state and scalar metrics."""
+  images = normalize(batch["image"])
+
+  def compute_loss(params):
+    logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images,
+                                     train=True, mutable=["batch_stats"])
+    return loss_fn(logits, batch["labels"]).mean(), updates["batch_stats"]
+
+  (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  return state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+
+def eval_step(state, batch):
+  """Per-class probabilities for a global batch, with BatchNorm in inference mode."""
+  logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                          normalize(batch["image"]), train=False)
+  return jax.nn.sigmoid(logits.astype(jnp.float32))
+
+
+def make_mesh(devices=None):
+  """A 1-D mesh with axis 'data' over `devices` (default: every device of every process)."""
+  devices = jax.devices() if devices is None else devices
+  return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
+def jit_steps(mesh, loss_fn):
+  """The jitted (train_step, eval_step): batch sharded over 'data', state replicated and donated."""
+  data, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+  train = jax.jit(functools.partial(train_step, loss_fn=loss_fn), in_shardings=(replicated, data),
+                  out_shardings=(replicated, replicated), donate_argnums=0)
+  evaluate = jax.jit(eval_step, in_shardings=(replicated, data), out_shardings=replicated)
+  return train, evaluate
+
+
+class Trainer:
+  """Holds what the loop needs: mesh, shardings, jitted steps, data and checkpoints."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, splits=None, devices=None):
+    self.config, self.workdir = config, workdir
+    t = config.train
+    self.mesh = make_mesh(devices)
+    n = self.mesh.size
+    self.data_sharding = NamedSharding(self.mesh, P("data"))
+    self.replicated = NamedSharding(self.mesh, P())
+    for name, b in (("train.batch_size", t.batch_size), ("train.eval_batch_size", self.eval_batch_size)):
+      if b % n:
+        raise ValueError(f"{name}={b} does not divide by the {n} devices; use a multiple of {n}.")
+
+    # Data.
+    self.splits = datasets.load_splits(config) if splits is None else splits
+    train_labels = self.splits["train"].meta.labels
+    self.num_pos = train_labels.sum(0).astype(np.int64)
+    self.prevalence = self.num_pos / max(len(train_labels), 1)
+    self.target = nih.CLASSES.index(config.data.target)
+
+    # Model, loss, optimiser, replicated state.
+    self.model = create_model(config, prevalence=self.prevalence)
+    loss_fn = losses.get_loss_fn(config.loss, num_pos=self.num_pos, num_total=len(train_labels))
+    _, self.schedule = create_optimizer(config)
+    init = jax.jit(functools.partial(create_train_state, config, self.model, image_size=config.data.image_size),
+                   out_shardings=self.replicated)
+    # The 'rbg' generator compiles in a fraction of threefry's time on CPU; init runs replicated anyway.
+    self.state = init(jax.random.key(config.seed, impl="rbg"))
+
+    # The two jitted steps, each compiled once.
+    self.train_step, self.eval_step = jit_steps(self.mesh, loss_fn)
+
+    # Checkpoints: the latest few plus the best by the target class's validation AUPRC.
+    self.ckpt = ocp.CheckpointManager(
+        os.path.join(workdir, "checkpoints"),
+        options=ocp.CheckpointManagerOptions(
+            best_fn=lambda m: m["val_target_auprc"], best_mode="max",
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy([
+                ocp.checkpoint_managers.LatestN(n=t.keep_checkpoints),
+                ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m["val_target_auprc"], reverse=False, n=1,
+                                              keep_checkpoints_without_metrics=False),
+            ]),
+            create=True))
+
+  @property
+  def eval_batch_size(self):
+    return self.config.train.eval_batch_size or self.config.train.batch_size
+
+  def global_batch(self, local):
+    """Assembles this process's numpy batch into a global array sharded over 'data'."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.data_sharding, x), local)
+
+  def predict(self, state, split):
+    """Probabilities (N, 14) for every image of `split`, in its order."""
+    out = []
+    for local, valid in pipeline.eval_batches(split, global_batch=self.eval_batch_size,
+                                              process_index=jax.process_index(),
+                                              process_count=jax.process_count()):
+      out.append((self.eval_step(state, self.global_batch(local)), valid))
+    return np.concatenate([np.asarray(p)[:v] for p, v in out]) if out else np.zeros((0, len(nih.CLASSES)))
+
+  def validate(self, state):
+    """Validation metrics at threshold-free level (AUROC/AUPRC) for logging and checkpoint ranking."""
+    split = self.splits["val"]
+    probs = self.predict(state, split)
+    labels = split.meta.labels
+    res = metrics_lib.evaluate_scores(labels=labels, scores=probs, classes=nih.CLASSES,
+                                      thresholds=np.full(len(nih.CLASSES), 0.5))
+    tgt = res["classes"][self.config.data.target]
+    auprc = tgt["auprc"] if tgt["auprc"] is not None else res["macro"]["auprc"]
+    return {"val_target_auprc": auprc, "val_target_auroc": tgt["auroc"],
+            "val_macro_auroc": res["macro"]["auroc"], "val_macro_auprc": res["macro"]["auprc"]}
+
+  def checkpoint_args(self, state, data_iter):
+    return ocp.args.Composite(state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter))
+
+  def restore(self, step, data_iter=None):
+    """The train state (and the data iterator's position) saved at `step`."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self.state)
+    items = {"state": ocp.args.StandardRestore(abstract)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    return self.ckpt.restore(step, args=ocp.args.Composite(**items))["state"]
+
+
+def _log_start(config, workdir):
+  logging.info("JAX %s on %s: %d process(es), %d device(s) in all, %d local: %s", jax.__version__,
+               jax.default_backend(), jax.process_count(), jax.device_count(), jax.local_device_count(),
+               jax.local_devices())
+  logging.info("Config:\n%s", config)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from the latest checkpoint in `workdir` if any), then writes the test report."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  splits = datasets.load_splits(config)  # First, so that missing data fails before anything else.
+  os.makedirs(workdir, exist_ok=True)
+  _log_start(config, workdir)
+  t = config.train
+  trainer = Trainer(config, workdir, splits=splits)
+  data_iter = pipeline.train_iterator(trainer.splits["train"], global_batch=t.batch_size, seed=config.seed,
+                                      process_index=jax.process_index(), process_count=jax.process_count(),
+                                      num_workers=config.data.num_workers)
+  state = trainer.state
+  start = trainer.ckpt.latest_step() or 0
+  if start:
+    logging.info("Resuming from the checkpoint at step %d in %s.", start, trainer.ckpt.directory)
+    state = trainer.restore(start, data_iter)
+  writer = writers.MetricWriter(workdir, resume_step=start)
+  is_main = jax.process_index() == 0
+  bar = tqdm.tqdm(total=t.num_steps, initial=start, desc="train", unit="step", disable=not is_main,
+                  dynamic_ncols=True)
+  pending = []  # Device-side step metrics not yet fetched to the host.
+
+  def flush(step):
+    """Fetches pending metrics, stops on a non-finite loss, logs means."""
+    if not pending:
+      return
+    fetched = jax.device_get([m for _, m in pending])
+    losses_ = np.asarray([m["loss"] for m in fetched])
+    bad = np.flatnonzero(~np.isfinite(losses_))
+    if bad.size:
+      bad_step = pending[bad[0]][0]
+      trainer.ckpt.wait_until_finished()
+      raise NonFiniteLossError(
+          f"The loss is {losses_[bad[0]]} at step {bad_step}; training stopped. The last good checkpoint "
+          f"(step {trainer.ckpt.latest_step()}) in {trainer.ckpt.directory} is intact. Try a lower "
+          f"train.learning_rate or a smaller loss.pos_weight_max.")
+    scalars = {"train_loss": float(losses_.mean()),
+               "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
+               "learning_rate": float(trainer.schedule(step))}
+    bar.update(len(pending))  # Counted when computed, not when dispatched, so steps/s and ETA are honest.
+    pending.clear()
+    writer.write(step, scalars)
+    bar.set_postfix(loss=f"{scalars['train_loss']:.4f}")
+
+  for step in range(start + 1, t.num_steps + 1):
+    batch = trainer.global_batch(next(data_iter))
+    state, step_metrics = trainer.train_step(state, batch)
+    pending.append((step, step_metrics))
+    last = step == t.num_steps
+    if step % t.log_every == 0 or last:
+      flush(step)
+    ckpt_metrics = None
+    if step % t.eval_every == 0 or last:
+      flush(step)
+      ckpt_metrics = trainer.validate(state)
+      writer.write(step, ckpt_metrics)
+      logging.info("step %d: %s", step, ckpt_metrics)
+    if ckpt_metrics is not None or step % t.checkpoint_every == 0:
+      flush(step)
+      trainer.ckpt.save(step, args=trainer.checkpoint_args(state, data_iter), metrics=ckpt_metrics)
+  bar.close()
+  trainer.ckpt.wait_until_finished()
+  writer.close()
+  return write_test_report(trainer)
+
+
+def write_test_report(trainer: Trainer) -> dict:
+  """Evaluates the best checkpoint on test with thresholds chosen on validation; writes WORKDIR/report."""
+  config = trainer.config
+  best = trainer.ckpt.best_step()
+  if best is None:
+    raise RuntimeError(f"No checkpoint in {trainer.ckpt.directory} to report on.")
+  state = trainer.restore(best)
+  val, test = trainer.splits["val"], trainer.splits["test"]
+  thresholds = metrics_lib.select_thresholds(labels=val.meta.labels, scores=trainer.predict(state, val),
+                                             rule=config.train.threshold_rule,
+                                             target_recall=config.train.target_recall)
+  scores = trainer.predict(state, test)
+  result = metrics_lib.evaluate_scores(labels=test.meta.labels, scores=scores, classes=nih.CLASSES,
+                                       thresholds=thresholds)
+  report = {"split": f"{config.data.split}/test", "checkpoint_step": int(best), "target": config.data.target,
+            "arm": config.arm, "threshold_rule": config.train.threshold_rule,
+            "num_images": len(test), **result}
+  if jax.process_index() == 0:
+    out_dir = os.path.join(trainer.workdir, "report")
+    metrics_lib.write_report(report, out_dir, labels=test.meta.labels, scores=scores, classes=nih.CLASSES,
+                             highlight=config.data.target)
+    print(f"\nTest report ({report['split']}, checkpoint step {best}, thresholds by "
+          f"{config.train.threshold_rule} on validation) -> {out_dir}")
+    print(metrics_lib.format_table(report))
+  return report

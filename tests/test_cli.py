@@ -1,0 +1,60 @@
+"""The command line: configs and their arms, locked overrides, and the missing-data message."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import arms, base, demo, hernia, pneumothorax
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("module", [hernia, pneumothorax, demo])
+@pytest.mark.parametrize("arm", arms.ARMS)
+def test_every_arm_loads_with_its_loss(module, arm):
+  config = module.get_config(arm)
+  assert config.arm == arm
+  assert config.loss.name == {"baseline": "bce", "weighted": "weighted_bce", "focal": "focal"}[arm]
+  with pytest.raises(AttributeError):
+    config.train.learnig_rate = 1.0  # Locked: a misspelt field is an error.
+
+
+def test_configs_target_the_documented_data():
+  assert hernia.get_config().data.target == "Hernia" and hernia.get_config().data.source == "nih"
+  assert pneumothorax.get_config().data.target == "Pneumothorax"
+  assert demo.get_config().data.source == "phantom"
+  for field in ("seed", "data.source", "data.dir", "data.image_size", "data.split", "data.target", "model.name",
+                "loss.name", "train.batch_size", "train.num_steps", "train.eval_every", "train.checkpoint_every",
+                "train.learning_rate"):
+    node = base.get_config()
+    for part in field.split("."):
+      node = node[part]
+
+
+def test_unknown_arm_is_an_error():
+  with pytest.raises(ValueError, match="baseline"):
+    hernia.get_config("smote_typo")
+
+
+def _run(args, tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", HOME=str(tmp_path))
+  return subprocess.run([sys.executable, "-m", "jaxcxr.main", *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_missing_nih_data_is_one_clear_message(tmp_path):
+  missing = tmp_path / "nowhere"
+  proc = _run(["--config=configs/hernia.py", f"--config.data.dir={missing}", f"--workdir={tmp_path / 'w'}"],
+              tmp_path)
+  assert proc.returncode != 0
+  assert "Traceback" not in proc.stderr
+  assert str(missing) in proc.stderr
+  assert "nihcc.app.box.com" in proc.stderr and "configs/demo.py" in proc.stderr
+
+
+def test_misspelt_override_fails_loudly(tmp_path):
+  proc = _run(["--config=configs/demo.py", "--config.train.num_stepz=3", f"--workdir={tmp_path / 'w'}"], tmp_path)
+  assert proc.returncode != 0
+  assert "num_stepz" in proc.stderr

@@ -1,0 +1,60 @@
+"""Model shapes, parameter counts against the canonical architectures, features and the prior bias."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcxr import models
+
+
+def _param_count(name, size=224):
+  model = models.get_model(name, num_classes=14)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 1)), train=False))
+  params = shapes["params"]
+  total = sum(x.size for x in jax.tree.leaves(params))
+  head = sum(x.size for x in jax.tree.leaves(params["head"]))
+  return total - head
+
+
+@pytest.mark.parametrize("name,torchvision_trunk", [
+    # torchvision's trunk counts (fc removed) less the two colour channels of the stem (2 * 64 * 7 * 7).
+    ("resnet18", 11_176_512 - 6_272),
+    ("resnet34", 21_284_672 - 6_272),
+    ("resnet50", 23_508_032 - 6_272),
+    ("resnet101", 42_500_160 - 6_272),
+    ("resnet152", 58_143_808 - 6_272),
+])
+def test_trunk_parameter_counts_match_torchvision(name, torchvision_trunk):
+  assert _param_count(name) == torchvision_trunk
+
+
+def test_logits_and_features_shapes():
+  model = models.get_model("resnet_tiny", num_classes=14)
+  x = jnp.zeros((3, 32, 32, 1))
+  variables = model.init(jax.random.key(0), x, train=False)
+  assert model.apply(variables, x, train=False).shape == (3, 14)
+  feats = model.apply(variables, x, train=False, features=True)
+  assert feats.shape == (3, 16) and feats.dtype == jnp.float32
+
+
+def test_prior_bias_makes_initial_probabilities_equal_prevalence():
+  prevalence = np.linspace(0.002, 0.3, 14)
+  bias = np.log(prevalence / (1 - prevalence))
+  model = models.get_model("resnet_tiny", num_classes=14, head_bias_init=tuple(bias))
+  x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 1))
+  variables = model.init(jax.random.key(0), x, train=False)
+  np.testing.assert_allclose(variables["params"]["head"]["bias"], bias, rtol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  model = models.get_model("resnet_tiny", num_classes=14, dtype=jnp.bfloat16)
+  x = jnp.ones((2, 32, 32, 1))
+  variables = model.init(jax.random.key(0), x, train=False)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+  assert model.apply(variables, x, train=False).dtype == jnp.float32
+
+
+def test_unknown_model_name_lists_choices():
+  with pytest.raises(ValueError, match="resnet50"):
+    models.get_model("resnet51", num_classes=14)
