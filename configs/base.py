@@ -26,9 +26,10 @@ def get_config(arg=None):
   config.data.dir = "~/data/chestxray14"
   # Side length in pixels that images are resized to, once, when the data is prepared.
   config.data.image_size = 224
-  # 'official': NIH's train_val_list.txt / test_list.txt with a patient-grouped validation carve-out.
+  # 'official': NIH's train_val_list.txt / test_list.txt with a patient-grouped validation carve-out;
+  # 'random': a seeded patient-level 70/10/20 train/val/test split (as CheXNet used).
   config.data.split = "official"
-  # Fraction of train_val patients held out for validation (threshold choice, checkpoint selection).
+  # 'official' only: fraction of train_val patients held out for validation (thresholds, checkpoint choice).
   config.data.val_fraction = 0.1
   # The pathology the imbalance machinery and checkpoint selection focus on (one of the 14 NIH labels).
   config.data.target = "Hernia"

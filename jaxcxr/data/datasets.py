@@ -152,9 +152,8 @@ def load_splits(config):
   meta = nih.read_labels(label_file)
   if config.data.target not in nih.CLASSES:
     raise nih.DataError(f"data.target {config.data.target!r} is not one of {', '.join(nih.CLASSES)}.")
-  if config.data.split != "official":
-    raise nih.DataError(f"Unknown data.split {config.data.split!r}; choose 'official'.")
-  splits = nih.official_split(meta, directory, val_fraction=config.data.val_fraction, seed=config.seed)
+  splits = nih.split(meta, directory, name=config.data.split, val_fraction=config.data.val_fraction,
+                     seed=config.seed)
   kept, images = _prepare(directory, meta, config.data.image_size)
   where = {n: i for i, n in enumerate(kept.names)}
   out = {}

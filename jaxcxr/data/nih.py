@@ -1,4 +1,4 @@
-"""NIH ChestX-ray14 metadata: the label set, the label file and the official split lists."""
+"""NIH ChestX-ray14 metadata: the label set, the label file, the official and random splits, Table 1."""
 
 # The 14 findings of ChestX-ray14 in the order every array in jaxcxr uses (alphabetical, as NIH lists them).
 CLASSES = (
@@ -21,12 +21,16 @@ NO_FINDING = "No Finding"
 LABEL_FILE = "Data_Entry_2017_v2020.csv"
 TRAIN_VAL_LIST = "train_val_list.txt"
 TEST_LIST = "test_list.txt"
+# Names `split` accepts (config.data.split).
+SPLITS = ("official", "random")
 
 import csv
 import dataclasses
 import gzip
 import io
+import math
 import os
+import re
 
 import numpy as np
 
@@ -37,22 +41,51 @@ class DataError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Metadata:
-  """One row per image of the label file. `labels` is (N, 14) uint8 in CLASSES order."""
+  """One row per image of the label file. `labels` is (N, 14) uint8 in CLASSES order.
+
+  The per-image fields after `labels` are optional: `Metadata(names, patients, labels)` fills them with
+  "unknown" (NaN age, '' sex and view, follow-up -1).
+  """
   names: np.ndarray  # (N,) str, e.g. '00000001_000.png'
   patients: np.ndarray  # (N,) int64
   labels: np.ndarray  # (N, 14) uint8
+  ages: np.ndarray = None  # (N,) float64, years (months and days converted); NaN where unknown.
+  sexes: np.ndarray = None  # (N,) str: 'M', 'F', '' where unknown (other codes kept upper-cased).
+  views: np.ndarray = None  # (N,) str: 'PA', 'AP', '' where unknown.
+  followups: np.ndarray = None  # (N,) int64 follow-up number; -1 where unknown.
+
+  def __post_init__(self):
+    n = len(self.names)
+    defaults = {"ages": lambda: np.full(n, np.nan), "sexes": lambda: np.full(n, "", dtype="<U1"),
+                "views": lambda: np.full(n, "", dtype="<U2"), "followups": lambda: np.full(n, -1, np.int64)}
+    for name, make in defaults.items():
+      if getattr(self, name) is None:
+        object.__setattr__(self, name, make())
+    for f in dataclasses.fields(self):
+      if len(getattr(self, f.name)) != n:
+        raise ValueError(f"Metadata.{f.name} has {len(getattr(self, f.name))} rows, names has {n}.")
 
   def __len__(self):
     return len(self.names)
 
   def subset(self, idx):
-    return Metadata(self.names[idx], self.patients[idx], self.labels[idx])
+    """The rows `idx` (indices or a boolean mask) of every field."""
+    return Metadata(**{f.name: getattr(self, f.name)[idx] for f in dataclasses.fields(self)})
+
+
+def concat(metas):
+  """The rows of several Metadata one after another (e.g. train + val = the official train_val)."""
+  metas = list(metas)
+  return Metadata(**{f.name: np.concatenate([getattr(m, f.name) for m in metas])
+                     for f in dataclasses.fields(Metadata)})
 
 
 def _open_text(path):
-  if path.endswith(".gz"):
-    return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-  return open(path, encoding="utf-8", newline="")
+  """Opens a text file for csv: gzip detected by its magic bytes (not the name), UTF-8 with or without a BOM."""
+  with open(path, "rb") as f:
+    magic = f.read(2)
+  raw = gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+  return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
 
 
 def find_label_file(data_dir):
@@ -64,52 +97,177 @@ def find_label_file(data_dir):
   return None
 
 
+# Label-file columns, found by name: header names are compared lower-cased with everything but letters and
+# digits removed, so 'Patient ID', 'patient_id' and 'PatientID' are one column. Only the first three are
+# required; the others default to "unknown".
+_COLUMNS = {
+    "name": ("imageindex", "imagename", "image", "filename"),
+    "labels": ("findinglabels", "findings", "labels"),
+    "patient": ("patientid", "patient"),
+    "followup": ("followup", "followupnumber", "followupno"),
+    "age": ("patientage", "age"),
+    "sex": ("patientgender", "patientsex", "gender", "sex"),
+    "view": ("viewposition", "view", "projection"),
+}
+_REQUIRED = {"name": "Image Index", "labels": "Finding Labels", "patient": "Patient ID"}
+# Spellings of other NIH files (BBox_List_2017.csv says 'Infiltrate') that mean one of CLASSES.
+_LABEL_ALIASES = {"Infiltrate": "Infiltration", "Pleural Thickening": "Pleural_Thickening"}
+_AGE_UNITS = {"Y": 1.0, "M": 1.0 / 12.0, "W": 7.0 / 365.25, "D": 1.0 / 365.25}
+_MISSING = ("", "na", "n/a", "nan", "none", "?")
+_SEX = {"m": "M", "male": "M", "f": "F", "female": "F"}
+
+
+def _expand_header(header):
+  """Splits a quoted 'OriginalImage[Width,Height]' header field into one field per bracketed name.
+
+  NIH's own header is unquoted, so csv already splits it in two ('OriginalImage[Width', 'Height]') and the
+  row values line up; a copy that quotes it would otherwise leave every later column off by one.
+  """
+  out = []
+  for h in header:
+    m = re.fullmatch(r"(.*)\[(.*,.*)\]", h)
+    out += [f"{m.group(1)}[{part.strip()}]" for part in m.group(2).split(",")] if m else [h]
+  return out
+
+
+def _columns(path, header):
+  """Maps each known column to its index in `header` (first match wins); DataError if a required one lacks."""
+  keys = [re.sub(r"[^a-z0-9]", "", h.lower()) for h in header]
+  where = {}
+  for column, aliases in _COLUMNS.items():
+    for alias in aliases:
+      if alias in keys:
+        where[column] = keys.index(alias)
+        break
+  missing = [title for column, title in _REQUIRED.items() if column not in where]
+  if missing:
+    found = ", ".join(repr(h) for h in header if h) or "none"
+    raise DataError(f"{path}: no column {' or '.join(repr(m) for m in missing)} in the header; the columns found "
+                    f"are {found}. Is this NIH's Data_Entry_2017 label file?")
+  return where
+
+
+def _age_years(text):
+  """'57', '060Y', '006M', '010D' (or '3W') -> age in years; NaN if empty; ValueError if unreadable."""
+  s = text.strip()
+  if s.lower() in _MISSING:
+    return math.nan
+  scale = _AGE_UNITS.get(s[-1].upper())
+  value = float(s[:-1] if scale else s) * (scale or 1.0)
+  if not math.isfinite(value) or value < 0:
+    raise ValueError(s)
+  return value
+
+
 def read_labels(path):
-  """Reads an NIH label file: image names, patient ids and the 14 labels, parsed by name."""
+  """Reads an NIH label file into Metadata: names, patients, the 14 labels (by name), age, sex, view.
+
+  Survives every known variant of the file: the 2017 and 2020 NIH releases and Kaggle copies (unquoted
+  'OriginalImage[Width,Height]' headers that csv splits in two, a trailing empty column, 'Patient Gender' or
+  'Patient Sex', ages such as '060Y' / '006M' / '010D', other width/height/spacing names, CRLF, a UTF-8 BOM,
+  gzip). Columns are found by name, so their order and the number of extra columns do not matter.
+  """
   index = {c: i for i, c in enumerate(CLASSES)}
-  names, patients, labels = [], [], []
-  with _open_text(path) as f:
-    reader = csv.reader(f)
-    header = [h.strip() for h in next(reader)]
+  index.update({a: index[c] for a, c in _LABEL_ALIASES.items()})
+  parsed_labels, parsed_ages = {}, {}  # Memos: ~800 distinct label strings and ~100 distinct ages.
+
+  def parse_labels(row_no, text):
+    if text not in parsed_labels:
+      findings = [s.strip() for s in text.split("|") if s.strip()]
+      if not findings:
+        raise DataError(f"{path} row {row_no}: empty 'Finding Labels' (write {NO_FINDING!r} for none).")
+      if NO_FINDING in findings and len(findings) > 1:
+        raise DataError(f"{path} row {row_no}: {NO_FINDING!r} together with other labels: {text!r}.")
+      unknown = [f for f in findings if f != NO_FINDING and f not in index]
+      if unknown:
+        raise DataError(f"{path} row {row_no}: unknown label {unknown[0]!r} in {text!r} "
+                        f"(known: {', '.join(CLASSES)}, {NO_FINDING}).")
+      parsed_labels[text] = sorted({index[f] for f in findings if f != NO_FINDING})
+    return parsed_labels[text]
+
+  def parse_age(row_no, text):
+    if text not in parsed_ages:
+      try:
+        parsed_ages[text] = _age_years(text)
+      except ValueError:
+        raise DataError(f"{path} row {row_no}: unreadable age {text!r} (expected e.g. 57, 060Y, 006M or 010D)."
+                        ) from None
+    return parsed_ages[text]
+
+  def parse_int(row_no, text, what, missing=None):
+    s = text.strip()
+    if missing is not None and s.lower() in _MISSING:
+      return missing
     try:
-      col_name, col_labels, col_patient = (header.index(h) for h in ("Image Index", "Finding Labels", "Patient ID"))
+      return int(s)
     except ValueError:
-      raise DataError(f"{path}: header {header} lacks one of 'Image Index', 'Finding Labels', 'Patient ID'.") from None
-    for row_no, row in enumerate(reader, start=2):
-      if not row:
-        continue
-      y = np.zeros(len(CLASSES), np.uint8)
-      findings = [s.strip() for s in row[col_labels].split("|")]
-      for finding in findings:
-        if finding == NO_FINDING:
-          if len(findings) > 1:
-            raise DataError(f"{path} row {row_no}: 'No Finding' together with other labels: {row[col_labels]!r}.")
+      raise DataError(f"{path} row {row_no}: {what} {text!r} is not a whole number.") from None
+
+  names, patients, label_rows, ages, sexes, views, followups = [], [], [], [], [], [], []
+  first_row = {}  # Image name -> its row number, to report duplicates.
+  try:
+    with _open_text(path) as f:
+      reader = csv.reader(f)
+      header = next(reader, None)
+      if header is None:
+        raise DataError(f"{path}: the file is empty; expected NIH's label file with a header row.")
+      header = _expand_header([h.strip() for h in header])
+      col = _columns(path, header)
+      need = max(col.values()) + 1
+      get = {c: (lambda row, i=i: row[i]) for c, i in col.items()}
+      blank = lambda row: ""  # A column the file lacks.
+      age_of, sex_of, view_of, followup_of = (get.get(c, blank) for c in ("age", "sex", "view", "followup"))
+      for row_no, row in enumerate(reader, start=2):  # Row 1 is the header.
+        if not any(field.strip() for field in row):
           continue
-        if finding not in index:
-          raise DataError(f"{path} row {row_no}: unknown label {finding!r} (known: {', '.join(CLASSES)}, {NO_FINDING}).")
-        y[index[finding]] = 1
-      names.append(row[col_name].strip())
-      patients.append(int(row[col_patient]))
-      labels.append(y)
-  return Metadata(np.asarray(names), np.asarray(patients, np.int64), np.stack(labels))
+        if len(row) < need:
+          raise DataError(f"{path} row {row_no}: {len(row)} fields, but the header puts "
+                          f"{header[need - 1]!r} in field {need}.")
+        name = row[col["name"]].strip()
+        if not name:
+          raise DataError(f"{path} row {row_no}: empty 'Image Index'.")
+        if name in first_row:
+          raise DataError(f"{path}: image {name!r} is listed twice (rows {first_row[name]} and {row_no}).")
+        first_row[name] = row_no
+        names.append(name)
+        patients.append(parse_int(row_no, row[col["patient"]], "Patient ID"))
+        label_rows.append(parse_labels(row_no, row[col["labels"]]))
+        ages.append(parse_age(row_no, age_of(row)))
+        sex = sex_of(row).strip()
+        sexes.append(_SEX.get(sex.lower(), sex.upper()))
+        views.append(view_of(row).strip().upper())
+        followups.append(parse_int(row_no, followup_of(row), "Follow-up #", missing=-1))
+  except (OSError, EOFError, UnicodeDecodeError, csv.Error) as e:
+    raise DataError(f"{path}: cannot read the label file ({type(e).__name__}: {e}).") from None
+
+  if not names:
+    raise DataError(f"{path}: no image rows after the header.")
+  labels = np.zeros((len(names), len(CLASSES)), np.uint8)
+  rows = np.repeat(np.arange(len(names)), [len(y) for y in label_rows])
+  labels[rows, [c for y in label_rows for c in y]] = 1
+  return Metadata(np.asarray(names), np.asarray(patients, np.int64), labels, ages=np.asarray(ages, np.float64),
+                  sexes=np.asarray(sexes), views=np.asarray(views), followups=np.asarray(followups, np.int64))
 
 
 def read_list(path):
-  """Reads a split list (one image name a line; tolerates CRLF and a missing final newline)."""
+  """Reads a split list (one image name a line; tolerates CRLF, a BOM, gzip and a missing final newline)."""
   if not os.path.exists(path):
     raise DataError(f"Split list {path} not found; it ships with the NIH release next to the label file.")
-  with open(path, encoding="utf-8") as f:
-    return [line.strip() for line in f if line.strip()]
+  try:
+    with _open_text(path) as f:
+      return [line.strip() for line in f if line.strip()]
+  except (OSError, EOFError, UnicodeDecodeError) as e:
+    raise DataError(f"{path}: cannot read the split list ({type(e).__name__}: {e}).") from None
 
 
 def check_patient_disjoint(splits):
   """Raises DataError if any patient appears in two of `splits` (name -> Metadata)."""
   seen = {}
-  for split, meta in splits.items():
+  for split_name, meta in splits.items():
     for p in np.unique(meta.patients):
       if p in seen:
-        raise DataError(f"Patient {p} is in both the {seen[p]!r} and {split!r} splits.")
-      seen[p] = split
+        raise DataError(f"Patient {p} is in both the {seen[p]!r} and {split_name!r} splits.")
+      seen[p] = split_name
 
 
 def official_split(meta, data_dir, *, val_fraction, seed):
@@ -131,6 +289,72 @@ def official_split(meta, data_dir, *, val_fraction, seed):
             "test": meta.subset(test)}
   check_patient_disjoint(splits)
   return splits
+
+
+def random_split(meta, *, seed, fractions=(0.7, 0.1, 0.2)):
+  """A seeded patient-level split into {'train', 'val', 'test'} (the CheXNet-style 70/10/20 by default).
+
+  `fractions` are shares of images. Patients are shuffled and dealt out whole, in that order, to train, val
+  and test; a patient goes to the split in which the middle of their images falls, so every split's share
+  of images is off by at most half a patient's images at each boundary. Rows keep the label file's order.
+  """
+  fractions = tuple(float(x) for x in fractions)
+  if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+    raise DataError(f"random split fractions {fractions} must be three non-negative shares (train, val, test) "
+                    "that sum to 1.")
+  patients, inverse, counts = np.unique(meta.patients, return_inverse=True, return_counts=True)
+  order = np.random.default_rng(seed).permutation(len(patients))
+  middle = np.cumsum(counts[order]) - counts[order] / 2.0  # Image position of each patient's middle.
+  bounds = np.cumsum(fractions)[:2] * len(meta)
+  part = np.empty(len(patients), np.int64)
+  part[order] = np.searchsorted(bounds, middle, side="right")
+  per_image = part[inverse.reshape(-1)]
+  splits = {name: meta.subset(np.flatnonzero(per_image == k)) for k, name in enumerate(("train", "val", "test"))}
+  check_patient_disjoint(splits)
+  return splits
+
+
+def split(meta, data_dir, *, name, val_fraction, seed):
+  """The split `name` (config.data.split) of `meta`: {'train', 'val', 'test'} -> Metadata.
+
+  'official': NIH's train_val_list.txt / test_list.txt in `data_dir`, with `val_fraction` of the train_val
+  patients carved out for validation. 'random': the seeded patient-level 70/10/20 split CheXNet used
+  (`val_fraction` and `data_dir` are not read).
+  """
+  if not 0.0 <= val_fraction < 1.0:
+    raise DataError(f"data.val_fraction {val_fraction} must be in [0, 1).")
+  if name == "official":
+    return official_split(meta, data_dir, val_fraction=val_fraction, seed=seed)
+  if name == "random":
+    return random_split(meta, seed=seed)
+  raise DataError(f"Unknown data.split {name!r}; choose one of {', '.join(repr(s) for s in SPLITS)}.")
+
+
+def table1(splits):
+  """Table 1 of the dataset for `splits` (name -> Metadata): a dict name -> statistics of that split.
+
+  Each entry: images, patients, positives and prevalence (positives / images) per class in CLASSES order,
+  no_finding (images with none of the 14 labels) and its prevalence, sexes and views (counts per code) and
+  age_median (years). Plain Python numbers, ready for json.dumps; prevalences are None for an empty split.
+  """
+  out = {}
+  for name, m in splits.items():
+    n = len(m)
+    positives = m.labels.sum(axis=0, dtype=np.int64)
+    no_finding = int((m.labels.sum(axis=1) == 0).sum())
+    ages = m.ages[~np.isnan(m.ages)]
+    out[name] = {
+        "images": n,
+        "patients": int(len(np.unique(m.patients))),
+        "positives": {c: int(p) for c, p in zip(CLASSES, positives)},
+        "prevalence": {c: (float(p) / n if n else None) for c, p in zip(CLASSES, positives)},
+        "no_finding": no_finding,
+        "no_finding_prevalence": no_finding / n if n else None,
+        "sexes": {str(k): int(v) for k, v in zip(*np.unique(m.sexes, return_counts=True))},
+        "views": {str(k): int(v) for k, v in zip(*np.unique(m.views, return_counts=True))},
+        "age_median": float(np.median(ages)) if len(ages) else None,
+    }
+  return out
 
 
 def find_images(data_dir, names):
