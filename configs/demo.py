@@ -3,8 +3,8 @@
   python -m jaxcxr.main --config=configs/demo.py --workdir=/tmp/jaxcxr_demo
   python -m jaxcxr.main --config=configs/demo.py:baseline --workdir=/tmp/jaxcxr_demo_baseline
 
-The phantom dataset is generated on first use (20,000 64-px images, Hernia at 1% so that the test split
-holds about 45 Hernia positives) and reused afterwards. Arms: baseline, weighted (default), focal.
+The phantom dataset is generated on first use (20,000 64-px images, Hernia at 1.5% so that the test split
+holds about 60 Hernia positives) and reused afterwards. Arms: baseline, weighted (default), focal.
 """
 
 from configs import arms
@@ -17,13 +17,13 @@ def get_config(arg="weighted"):
   config.data.dir = ""  # ~/.cache/jaxcxr/phantom-...; set it to keep the data elsewhere.
   config.data.image_size = 64
   config.data.phantom.num_images = 20_000
-  config.data.phantom.hernia_prevalence = 0.01
+  config.data.phantom.hernia_prevalence = 0.015
   config.model.name = "resnet10_w16"
   config.train.batch_size = 64  # On 2 CPU cores, 64 gives more images/s than 128.
   config.train.eval_batch_size = 512
-  config.train.num_steps = 1600
-  config.train.eval_every = 400
-  config.train.checkpoint_every = 400
+  config.train.num_steps = 1200
+  config.train.eval_every = 300
+  config.train.checkpoint_every = 300
   config.train.log_every = 50
   config.train.warmup_steps = 100
   config.train.learning_rate = 2e-3
