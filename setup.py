@@ -25,6 +25,7 @@ setuptools.setup(
         "matplotlib>=3.8,<4",
         "tqdm>=4.66,<5",
         "tensorboardX>=2.6,<3",
+        "safetensors>=0.4,<1",  # ImageNet weight import, read with numpy (no PyTorch).
     ],
     extras_require={
         "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3"],

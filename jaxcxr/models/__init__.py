@@ -1,5 +1,6 @@
 """Models, chosen by name from `config.model.name`."""
 
+from jaxcxr.models import densenet
 from jaxcxr.models import resnet
 
 MODELS = {
@@ -10,6 +11,8 @@ MODELS = {
     "resnet152": resnet.ResNet152,
     "resnet10_w16": resnet.ResNet10W16,
     "resnet_tiny": resnet.ResNetTiny,
+    "densenet121": densenet.DenseNet121,
+    "densenet169": densenet.DenseNet169,
 }
 
 

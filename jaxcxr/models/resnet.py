@@ -1,7 +1,8 @@
 """Flax (Linen) ResNets for one-channel chest radiographs.
 
 ResNet-18/34 use basic blocks, ResNet-50/101/152 bottleneck blocks (torchvision's "v1.5": the stride sits
-in the 3x3 convolution). The stem takes a single grey channel. `__call__(x, train=..., features=True)`
+in the 3x3 convolution). Strided convolutions pad (1, 1) like PyTorch, not Flax's 'SAME' (0, 1) on even
+sizes, so imported torchvision/timm weights give the same features. The stem takes a single grey channel. `__call__(x, train=..., features=True)`
 returns the pooled penultimate features instead of the logits; embedding export uses that.
 """
 
@@ -23,7 +24,7 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     residual = x
-    y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(x)
+    y = self.conv(self.filters, (3, 3), (self.strides, self.strides), padding=((1, 1), (1, 1)))(x)
     y = nn.relu(self.norm()(y))
     y = self.conv(self.filters, (3, 3))(y)
     y = self.norm(scale_init=nn.initializers.zeros_init())(y)
@@ -43,7 +44,7 @@ class BottleneckBlock(nn.Module):
   def __call__(self, x):
     residual = x
     y = nn.relu(self.norm()(self.conv(self.filters, (1, 1))(x)))
-    y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(y)
+    y = self.conv(self.filters, (3, 3), (self.strides, self.strides), padding=((1, 1), (1, 1)))(y)
     y = nn.relu(self.norm()(y))
     y = self.conv(self.filters * 4, (1, 1))(y)
     y = self.norm(scale_init=nn.initializers.zeros_init())(y)
