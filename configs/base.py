@@ -44,13 +44,17 @@ def get_config(arg=None):
 
   config.model = ml_collections.ConfigDict()
   # 'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152' (canonical, one-channel stem);
-  # 'resnet10_w16' (narrow, for CPU demos) and 'resnet_tiny' (tests).
+  # 'densenet121', 'densenet169'; 'resnet10_w16' (narrow, for CPU demos) and 'resnet_tiny' (tests).
   config.model.name = "resnet50"
   # Compute dtype: 'auto' (bfloat16 on GPU/TPU, float32 on CPU), 'float32' or 'bfloat16'. Params stay fp32.
   config.model.dtype = "auto"
   # Initial head bias: 'prior' (each class's log prior odds on the training split, so rare classes start
   # calibrated) or 'zero'.
   config.model.head_bias = "prior"
+  # Optional local safetensors file of ImageNet weights in torchvision's or timm's naming (resnet*,
+  # densenet*): the trunk is loaded (RGB stem summed into the grey one), the head stays new. '' = random.
+  # Convert a torchvision .pth with `python -m jaxcxr.convert_weights --input X.pth --output X.safetensors`.
+  config.model.init_from = ""
 
   config.loss = ml_collections.ConfigDict()
   # 'bce', 'weighted_bce' (cost-sensitive), 'focal', 'class_balanced' (Cui et al. 2019 effective number).

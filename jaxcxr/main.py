@@ -8,22 +8,38 @@ written to WORKDIR/report/ (report.json, report.md, roc.png, pr.png).
 """
 
 import logging as pylogging
+import os
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from jaxcxr import train
 from jaxcxr.data import nih
+from jaxcxr.models import weights
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and the report; a rerun resumes from it.")
 config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with an arm: configs/hernia.py:focal. Override fields with "
     "--config.FIELD=VALUE (e.g. --config.train.num_steps=100).", lock_config=True)
+flags.DEFINE_string("coordinator_address", None, "Multi-process runs: HOST:PORT of process 0. Not needed under "
+                    "SLURM, on Cloud TPU pods or with JAX_COORDINATOR_ADDRESS set (detected automatically).")
+flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many processes take part.")
+flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index, 0 .. num_processes - 1.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _init_distributed():
+  """Joins a multi-process run before any other JAX call: explicit flags, or a detected cluster."""
+  if FLAGS.coordinator_address:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  elif (int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "JAX_COORDINATOR_ADDRESS" in os.environ
+        or ("," in os.environ.get("TPU_WORKER_HOSTNAMES", ""))):
+    jax.distributed.initialize()  # Reads the cluster's environment.
 
 
 class _QuietLibraries(pylogging.Filter):
@@ -39,9 +55,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  _init_distributed()
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (nih.DataError, train.NonFiniteLossError) as e:
+  except (nih.DataError, train.NonFiniteLossError, weights.WeightImportError) as e:
     print(f"\njaxcxr: {e}", file=sys.stderr)
     sys.exit(1)
 

@@ -31,6 +31,7 @@ from jaxcxr import writers
 from jaxcxr.data import datasets
 from jaxcxr.data import nih
 from jaxcxr.data import pipeline
+from jaxcxr.models import weights
 
 # Fixed normalisation of [0, 1] grey values; chest radiographs average about 0.5.
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
@@ -42,6 +43,13 @@ class NonFiniteLossError(RuntimeError):
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
+
+
+def to_host(tree):
+  """Fetches replicated arrays to numpy; in multi-process runs each process reads its local copy."""
+  def fetch(x):
+    return np.asarray(x if x.is_fully_addressable else x.addressable_data(0))
+  return jax.tree.map(fetch, tree)
 
 
 def compute_dtype(name):
@@ -151,6 +159,8 @@ class Trainer:
                    out_shardings=self.replicated)
     # The 'rbg' generator compiles in a fraction of threefry's time on CPU; init runs replicated anyway.
     self.state = init(jax.random.key(config.seed, impl="rbg"))
+    if config.model.init_from:
+      self.state = self._import_pretrained(config.model.init_from)
 
     # The two jitted steps, each compiled once.
     self.train_step, self.eval_step = jit_steps(self.mesh, loss_fn)
@@ -167,6 +177,18 @@ class Trainer:
             ]),
             create=True))
 
+  def _import_pretrained(self, path):
+    """Loads ImageNet trunk weights into the fresh state; the head and the optimiser state stay fresh."""
+    path = os.path.expanduser(path)
+    if not os.path.exists(path):
+      raise nih.DataError(f"model.init_from: {path} not found. Give a local .safetensors file of ImageNet "
+                          "weights (see README, 'Starting from ImageNet weights').")
+    params, batch_stats = weights.import_pretrained(
+        path, model_name=self.config.model.name, params=to_host(self.state.params),
+        batch_stats=to_host(self.state.batch_stats))
+    # Adam's moments are zeros of the parameters' shapes, so the fresh optimiser state still fits.
+    return jax.device_put(self.state.replace(params=params, batch_stats=batch_stats), self.replicated)
+
   @property
   def eval_batch_size(self):
     return self.config.train.eval_batch_size or self.config.train.batch_size
@@ -182,7 +204,7 @@ class Trainer:
                                               process_index=jax.process_index(),
                                               process_count=jax.process_count()):
       out.append((self.eval_step(state, self.global_batch(local)), valid))
-    return np.concatenate([np.asarray(p)[:v] for p, v in out]) if out else np.zeros((0, len(nih.CLASSES)))
+    return np.concatenate([to_host(p)[:v] for p, v in out]) if out else np.zeros((0, len(nih.CLASSES)))
 
   def validate(self, state):
     """Validation metrics at threshold-free level (AUROC/AUPRC) for logging and checkpoint ranking."""
@@ -208,6 +230,14 @@ class Trainer:
     return self.ckpt.restore(step, args=ocp.args.Composite(**items))["state"]
 
 
+def _wait_for_all(name, *, timeout_s):
+  """A barrier over processes through the coordination service (not a device collective, whose transport
+  times out within a minute while process 0 may spend many minutes preparing data)."""
+  if jax.process_count() > 1:
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+
+
 def _log_start(config, workdir):
   logging.info("JAX %s on %s: %d process(es), %d device(s) in all, %d local: %s", jax.__version__,
                jax.default_backend(), jax.process_count(), jax.device_count(), jax.local_device_count(),
@@ -221,7 +251,13 @@ def _log_start(config, workdir):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming from the latest checkpoint in `workdir` if any), then writes the test report."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  splits = datasets.load_splits(config)  # First, so that missing data fails before anything else.
+  # Data first, so that missing data fails before anything else. Process 0 generates or prepares it
+  # once; the others wait for it, then read.
+  if jax.process_index() == 0:
+    splits = datasets.load_splits(config)
+  _wait_for_all("jaxcxr_data_ready", timeout_s=4 * 3600)
+  if jax.process_index() != 0:
+    splits = datasets.load_splits(config)
   os.makedirs(workdir, exist_ok=True)
   _log_start(config, workdir)
   t = config.train
@@ -244,7 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Fetches pending metrics, stops on a non-finite loss, logs means."""
     if not pending:
       return
-    fetched = jax.device_get([m for _, m in pending])
+    fetched = to_host([m for _, m in pending])
     losses_ = np.asarray([m["loss"] for m in fetched])
     bad = np.flatnonzero(~np.isfinite(losses_))
     if bad.size:

@@ -33,7 +33,8 @@ def train_iterator(split, *, global_batch, seed, process_index=0, process_count=
   if global_batch % process_count:
     raise ValueError(f"train.batch_size={global_batch} does not divide by the {process_count} processes.")
   ds = grain.MapDataset.source(SplitSource(split)).seed(seed).shuffle()
-  ds = ds[process_index::process_count].repeat()
+  # Equal shares per process: drop the (at most P - 1, different each epoch) images that don't divide.
+  ds = ds[:len(ds) - len(ds) % process_count][process_index::process_count].repeat()
   ds = ds.batch(global_batch // process_count, drop_remainder=True).to_iter_dataset()
   if num_workers:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
