@@ -1,0 +1,177 @@
+"""Checkpoint evaluation on a tiny trained run: agreement with the trainer's report, intervals, errors, CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxcxr import evaluate
+from jaxcxr import train
+from jaxcxr.data import nih
+from tests.conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def run(tiny_data_dir, tmp_path_factory):
+  """One tiny training run for the whole module: (config, workdir, the trainer's test report)."""
+  config = tiny_config(tiny_data_dir)
+  workdir = str(tmp_path_factory.mktemp("evaluate_run"))
+  train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, "report", "report.json")) as f:
+    return config, workdir, json.load(f)
+
+
+@pytest.fixture(scope="module")
+def trainer(run):
+  config, workdir, _ = run
+  return train.Trainer(config, workdir)
+
+
+@pytest.fixture(scope="module")
+def evaluated(run):
+  """evaluate_checkpoint of the best checkpoint on test, as the trainer's report was made."""
+  config, workdir, _ = run
+  return evaluate.evaluate_checkpoint(config, workdir, checkpoint="best", split="test", threshold_rule="max_f1",
+                                      bootstrap_samples=200, progress=False, verbose=False)
+
+
+def test_reproduces_the_trainers_report(run, evaluated):
+  _, workdir, trained = run
+  assert evaluated["checkpoint_step"] == trained["checkpoint_step"]
+  assert evaluated["split"] == trained["split"] == "official/test"
+  assert evaluated["num_images"] == trained["num_images"]
+  for name in nih.CLASSES:
+    ours, theirs = evaluated["classes"][name], trained["classes"][name]
+    for key in ("auroc", "auprc"):
+      if theirs[key] is None:
+        assert ours[key] is None, (name, key)
+      else:
+        assert ours[key] == pytest.approx(theirs[key], abs=1e-4), (name, key)
+    assert ours["threshold"] == pytest.approx(theirs["threshold"], abs=1e-6), name
+    assert ours["recall"] == theirs["recall"] or ours["recall"] == pytest.approx(theirs["recall"]), name
+    assert ours["n_pos"] == theirs["n_pos"]
+  out = os.path.join(workdir, "eval", "best-test")
+  for f in ("report.json", "report.md", "roc.png", "pr.png"):
+    assert os.path.getsize(os.path.join(out, f)) > 0, f
+  assert not os.path.exists(os.path.join(out, "reliability.png"))  # Only when calibrated.
+  with open(os.path.join(out, "report.json")) as f:
+    saved = json.load(f)
+  for key in ("split", "checkpoint_step", "classes", "macro", "threshold_rule", "calibration",
+              "bootstrap_samples"):
+    assert key in saved, key
+  assert saved["calibration"] == "none" and saved["bootstrap_samples"] == 200
+  assert saved["classes"]["Hernia"]["auroc"] == pytest.approx(evaluated["classes"]["Hernia"]["auroc"])
+  assert "patient-bootstrap" in open(os.path.join(out, "report.md")).read()
+
+
+def test_intervals_bracket_the_point_estimates(evaluated):
+  some_defined = 0
+  for name in nih.CLASSES:
+    m = evaluated["classes"][name]
+    assert m["brier"] is not None and 0.0 <= m["brier"] <= 1.0
+    for key in evaluate.CI_METRICS:
+      ci = m[f"{key}_ci"]
+      assert ci is None or (isinstance(ci, list) and len(ci) == 2), (name, key, ci)
+      if ci is not None:
+        assert m[key] is not None, (name, key)
+        assert ci[0] - 1e-12 <= m[key] <= ci[1] + 1e-12, (name, key, m[key], ci)
+        some_defined += 1
+      if m["n_pos"] == 0:
+        assert ci is None and m[key] is None or key == "f1", (name, key)
+  assert some_defined >= 20
+
+
+def test_absent_step_names_the_available_steps(run, trainer):
+  config, workdir, _ = run
+  steps = sorted(trainer.ckpt.all_steps())
+  with pytest.raises(evaluate.EvaluationError, match=r"step 3\b.*available steps: " + ", ".join(map(str, steps))):
+    evaluate.evaluate_checkpoint(config, workdir, checkpoint="3", trainer=trainer, verbose=False)
+  with pytest.raises(evaluate.EvaluationError, match="'best', 'latest' or a step"):
+    evaluate.evaluate_checkpoint(config, workdir, checkpoint="newest", trainer=trainer, verbose=False)
+  assert evaluate.resolve_checkpoint(trainer.ckpt, "latest") == max(steps)
+  assert evaluate.resolve_checkpoint(trainer.ckpt, steps[0]) == steps[0]
+
+
+def test_no_checkpoints_is_a_clear_error(run, tmp_path):
+  config, _, _ = run
+  empty = tmp_path / "never_trained"
+  with pytest.raises(evaluate.EvaluationError, match="No checkpoints in .*never_trained"):
+    evaluate.evaluate_checkpoint(config, str(empty), verbose=False)
+  assert not empty.exists()  # Nothing is created on the way.
+
+
+def test_calibrated_validation_report(run, trainer, tmp_path, capsys):
+  config, workdir, _ = run
+  plain = evaluate.evaluate_checkpoint(config, workdir, checkpoint="latest", split="val", trainer=trainer,
+                                       bootstrap_samples=0, out_dir=str(tmp_path / "plain"), verbose=False)
+  report = evaluate.evaluate_checkpoint(config, workdir, checkpoint="latest", split="val", trainer=trainer,
+                                        calibration="temperature", threshold_rule="target_recall",
+                                        target_recall=0.8, bootstrap_samples=50, out_dir=str(tmp_path / "cal"),
+                                        progress=False)
+  assert report["split"] == "official/val" and report["calibration"] == "temperature"
+  assert report["target_recall"] == 0.8
+  assert (tmp_path / "cal" / "reliability.png").stat().st_size > 0
+  assert plain["classes"]["Hernia"]["auroc_ci"] is None  # No bootstrap asked for.
+  for name in nih.CLASSES:
+    m = report["classes"][name]
+    assert m["brier_uncalibrated"] == pytest.approx(plain["classes"][name]["brier"])
+    assert report["calibration_params"][name]["temperature"] > 0
+    if m["auroc"] is not None:  # Calibration is monotone: the ranking is kept.
+      assert m["auroc"] == pytest.approx(plain["classes"][name]["auroc"], abs=1e-6)
+    if m["n_pos"]:  # Thresholds were chosen on this very split for recall >= 0.8.
+      assert m["recall"] >= 0.8
+  assert report["macro"]["brier"] <= report["macro"]["brier_uncalibrated"] + 1e-3
+  printed = capsys.readouterr().out
+  assert "Hernia:" in printed and "patient-bootstrap" in printed and "AUROC" in printed
+
+
+def test_workdir_config_round_trips(run):
+  config, workdir, _ = run
+  loaded = evaluate.load_workdir_config(workdir)
+  for key in ("model.name", "data.image_size", "data.dir", "data.target", "train.eval_batch_size", "seed"):
+    assert evaluate._get(loaded, key) == evaluate._get(config, key), key  # pylint: disable=protected-access
+  wrong = tiny_config(config.data.dir)
+  wrong.model.name = "resnet18"
+  with pytest.raises(evaluate.EvaluationError, match="model.name was 'resnet_tiny', now 'resnet18'"):
+    evaluate.evaluate_checkpoint(wrong, workdir, verbose=False)
+
+
+def _cli(args, tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", HOME=str(tmp_path))
+  env.pop("JAX_NUM_CPU_DEVICES", None)  # One device: the Trainer shards over whatever there is.
+  return subprocess.run([sys.executable, "-m", "jaxcxr.evaluate", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_command_line(run, tmp_path):
+  config, workdir, _ = run
+  # The fields of the tiny config that the data, the model and the batches depend on.
+  fields = ("data.dir", "data.image_size", "data.phantom.num_images", "data.phantom.hernia_prevalence",
+            "model.name", "train.batch_size", "train.eval_batch_size")
+  overrides = [f"--config.{k}={evaluate._get(config, k)}" for k in fields]  # pylint: disable=protected-access
+  proc = _cli(["--config=configs/demo.py", *overrides, f"--workdir={workdir}", "--checkpoint=latest",
+               "--split=test", "--calibration=platt", "--bootstrap_samples=50"], tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = os.path.join(workdir, "eval", "latest-test")
+  for f in ("report.json", "report.md", "roc.png", "pr.png", "reliability.png"):
+    assert os.path.getsize(os.path.join(out, f)) > 0, f
+  with open(os.path.join(out, "report.json")) as f:
+    saved = json.load(f)
+  assert saved["calibration"] == "platt" and saved["bootstrap_samples"] == 50
+  assert "Hernia:" in proc.stdout and "macro" in proc.stdout
+
+
+def test_command_line_error_is_one_clear_message(tmp_path):
+  proc = _cli([f"--workdir={tmp_path / 'nothing_here'}"], tmp_path)
+  assert proc.returncode == 1
+  assert "Traceback" not in proc.stderr
+  assert "nothing_here/config.json not found: pass --config" in proc.stderr
+
+
+def test_importing_next_to_main_does_not_clash():
+  """The flags are defined only when run as a program: jaxcxr.main's --config and --workdir stay free."""
+  assert "checkpoint" not in evaluate.FLAGS and "bootstrap_samples" not in evaluate.FLAGS
