@@ -14,9 +14,7 @@ calibrated).
 """
 
 import json
-import logging as pylogging
 import os
-import sys
 from typing import Optional, Union
 
 from absl import app
@@ -28,6 +26,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from jaxcxr import bootstrap
+from jaxcxr import cli
 from jaxcxr import calibration as calibration_lib
 from jaxcxr import metrics as metrics_lib
 from jaxcxr import train
@@ -388,28 +387,16 @@ def define_flags():
   flags.mark_flags_as_required(["workdir"])
 
 
-class _QuietLibraries(pylogging.Filter):
-  """Keeps Orbax's and Grain's INFO chatter out of the console; their warnings still show."""
-
-  def filter(self, record):
-    return record.levelno >= pylogging.WARNING or not any(
-        f"/{lib}/" in record.pathname for lib in ("orbax", "grain", "etils"))
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  try:
+  cli.setup_logging()
+  with cli.user_errors("jaxcxr.evaluate", nih.DataError, EvaluationError, calibration_lib.CalibrationError):
     config = FLAGS.config if FLAGS.config is not None else load_workdir_config(FLAGS.workdir)
     evaluate_checkpoint(config, FLAGS.workdir, checkpoint=FLAGS.checkpoint, split=FLAGS.split,
                         threshold_rule=FLAGS.threshold_rule, target_recall=FLAGS.target_recall,
                         calibration=FLAGS.calibration, bootstrap_samples=FLAGS.bootstrap_samples,
                         alpha=FLAGS.alpha, seed=FLAGS.bootstrap_seed, out_dir=FLAGS.out_dir)
-  except (nih.DataError, EvaluationError, calibration_lib.CalibrationError) as e:
-    print(f"\njaxcxr.evaluate: {e}", file=sys.stderr)
-    sys.exit(1)
 
 
 if __name__ == "__main__":

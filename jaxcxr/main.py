@@ -7,16 +7,14 @@ Rerunning the same command in the same workdir resumes from its latest checkpoin
 written to WORKDIR/report/ (report.json, report.md, roc.png, pr.png).
 """
 
-import logging as pylogging
 import os
-import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 from ml_collections import config_flags
 
+from jaxcxr import cli
 from jaxcxr import train
 from jaxcxr.data import nih
 from jaxcxr.models import weights
@@ -42,25 +40,13 @@ def _init_distributed():
     jax.distributed.initialize()  # Reads the cluster's environment.
 
 
-class _QuietLibraries(pylogging.Filter):
-  """Keeps Orbax's and Grain's per-save INFO chatter out of the console; their warnings still show."""
-
-  def filter(self, record):
-    return record.levelno >= pylogging.WARNING or not any(
-        f"/{lib}/" in record.pathname for lib in ("orbax", "grain", "etils"))
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  cli.setup_logging()
   _init_distributed()
-  try:
+  with cli.user_errors("jaxcxr", nih.DataError, train.NonFiniteLossError, weights.WeightImportError):
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (nih.DataError, train.NonFiniteLossError, weights.WeightImportError) as e:
-    print(f"\njaxcxr: {e}", file=sys.stderr)
-    sys.exit(1)
 
 
 if __name__ == "__main__":

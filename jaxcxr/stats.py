@@ -10,12 +10,12 @@ config.seed. Run it from the repository root (configs import each other as `conf
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from jaxcxr import cli
 from jaxcxr.data import nih
 
 FLAGS = flags.FLAGS
@@ -100,11 +100,8 @@ def format_table(stats):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  try:
+  with cli.user_errors("jaxcxr.stats", nih.DataError):
     stats = compute(FLAGS.config, _data_dir(FLAGS.config))
-  except nih.DataError as e:
-    print(f"jaxcxr.stats: {e}", file=sys.stderr)
-    sys.exit(1)
   print(json.dumps(stats, indent=2) if FLAGS.json else format_table(stats))
 
 

@@ -6,13 +6,10 @@ statistics over the global batch).
 """
 
 import functools
-import json
 import os
-import time
 from typing import Any
 
 from absl import logging
-import flax
 from flax.training import train_state
 import grain
 import jax

@@ -634,7 +634,6 @@ def _render_batch(size, seed, studies):
   own generators, not on which other studies share the batch.
   """
   anats = [_study_setup(size, seed, *study) for study in studies]
-  n = len(anats)
   p = _Batch(anats, _BATCH_FIELDS)
 
   # Canonical coordinates of the pixel centres: x = cr (px - dx) + sr (py - dy), y = cr (py - dy) - sr (px - dx).

@@ -7,7 +7,7 @@ returns the pooled penultimate features instead of the logits; embedding export 
 """
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
