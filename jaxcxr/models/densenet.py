@@ -20,6 +20,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxcxr.models import common
+
 ModuleDef = Any
 
 
@@ -90,13 +92,8 @@ class DenseNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool, features: bool = False):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             dtype=self.dtype)
-    x = x.astype(self.dtype)
-    x = conv(self.num_init_features, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="conv_init")(x)
-    x = nn.relu(norm(name="bn_init")(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    conv, norm = common.layers(dtype=self.dtype, train=train)
+    x = common.stem(x, features=self.num_init_features, conv=conv, norm=norm, dtype=self.dtype)
     channels = self.num_init_features
     for i, num_layers in enumerate(self.block_config):
       x = DenseBlock(num_layers, self.growth_rate, self.bn_size, conv=conv, norm=norm,
@@ -106,14 +103,8 @@ class DenseNet(nn.Module):
         channels //= 2
         x = Transition(channels, conv=conv, norm=norm, name=f"transition{i + 1}")(x)
     x = nn.relu(norm(name="norm_final")(x))
-    x = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
-    if features:
-      return x
-    bias_init = nn.initializers.zeros_init()
-    if self.head_bias_init is not None:
-      bias = jnp.asarray(self.head_bias_init, jnp.float32)
-      bias_init = lambda *_: bias
-    return nn.Dense(self.num_classes, bias_init=bias_init, name="head")(x)
+    return common.pool_and_head(x, num_classes=self.num_classes, head_bias_init=self.head_bias_init,
+                                features=features)
 
 
 DenseNet121 = functools.partial(DenseNet, block_config=(6, 12, 24, 16))

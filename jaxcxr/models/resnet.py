@@ -12,6 +12,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxcxr.models import common
+
 ModuleDef = Any
 
 
@@ -75,26 +77,14 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool, features: bool = False):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-    # Under jit with a batch-sharded input, XLA computes the batch statistics over the global batch.
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             dtype=self.dtype)
-    x = x.astype(self.dtype)
-    x = conv(self.num_filters, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="conv_init")(x)
-    x = nn.relu(norm(name="bn_init")(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    conv, norm = common.layers(dtype=self.dtype, train=train)
+    x = common.stem(x, features=self.num_filters, conv=conv, norm=norm, dtype=self.dtype)
     for i, block_size in enumerate(self.stage_sizes):
       for j in range(block_size):
         strides = 2 if i > 0 and j == 0 else 1
         x = self.block_cls(self.num_filters * 2**i, conv=conv, norm=norm, strides=strides)(x)
-    x = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
-    if features:
-      return x
-    bias_init = nn.initializers.zeros_init()
-    if self.head_bias_init is not None:
-      bias = jnp.asarray(self.head_bias_init, jnp.float32)
-      bias_init = lambda *_: bias
-    return nn.Dense(self.num_classes, bias_init=bias_init, name="head")(x)
+    return common.pool_and_head(x, num_classes=self.num_classes, head_bias_init=self.head_bias_init,
+                                features=features)
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)

@@ -1,0 +1,45 @@
+"""Pieces every jaxcxr network shares: layer factories, the one-channel stem and the classifier head.
+
+They are called from inside a module's `@nn.compact` method, so the layers they create belong to it
+(with the names given here: `conv_init`, `bn_init`, `head`, which the weight import relies on).
+"""
+
+import functools
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+def layers(*, dtype, train):
+  """(conv, norm) factories: bias-free convolutions; BatchNorm with PyTorch's momentum and epsilon.
+
+  Under jit with a batch-sharded input, XLA computes the batch statistics over the global batch.
+  """
+  conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype)
+  norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                           dtype=dtype)
+  return conv, norm
+
+
+def stem(x, *, features, conv, norm, dtype):
+  """7x7/2 convolution of the grey image, BatchNorm, ReLU, 3x3/2 max-pool (torchvision's padding)."""
+  x = x.astype(dtype)
+  x = conv(features, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="conv_init")(x)
+  x = nn.relu(norm(name="bn_init")(x))
+  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+def pool_and_head(x, *, num_classes, head_bias_init, features):
+  """Global average pool to float32 features; unless `features`, the linear head on them.
+
+  `head_bias_init` (num_classes,) sets the initial bias, e.g. log prior odds so rare classes start
+  calibrated; None starts at zero.
+  """
+  x = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+  if features:
+    return x
+  bias_init = nn.initializers.zeros_init()
+  if head_bias_init is not None:
+    bias = jnp.asarray(head_bias_init, jnp.float32)
+    bias_init = lambda *_: bias
+  return nn.Dense(num_classes, bias_init=bias_init, name="head")(x)
