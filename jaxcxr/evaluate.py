@@ -152,11 +152,6 @@ def _eval_config(config):
   return config
 
 
-def _mean_defined(values):
-  defined = [v for v in values if v is not None]
-  return float(np.mean(defined)) if defined else None
-
-
 def _interval(ci):
   return None if ci is None else [float(ci[0]), float(ci[1])]
 
@@ -277,9 +272,9 @@ def evaluate_checkpoint(
     entry["brier"] = brier[c]
     if calibration != "none":
       entry["brier_uncalibrated"] = brier_raw[c]
-  result["macro"]["brier"] = _mean_defined(brier)
+  result["macro"]["brier"] = metrics_lib.mean_defined(brier)
   if calibration != "none":
-    result["macro"]["brier_uncalibrated"] = _mean_defined(brier_raw)
+    result["macro"]["brier_uncalibrated"] = metrics_lib.mean_defined(brier_raw)
 
   report = {
       "split": f"{config.data.split}/{split}",

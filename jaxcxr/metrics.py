@@ -184,7 +184,8 @@ def _check_shapes(labels: np.ndarray, scores: np.ndarray, classes=None, threshol
     raise ValueError(f"Need ({num_classes},) thresholds, got shape {np.shape(thresholds)}.")
 
 
-def _mean_defined(values) -> Optional[float]:
+def mean_defined(values) -> Optional[float]:
+  """Mean of the values that are not None (None when there are none): a macro average over classes."""
   defined = [v for v in values if v is not None]
   return math.fsum(defined) / len(defined) if defined else None
 
@@ -209,7 +210,7 @@ def evaluate_scores(*, labels, scores, classes: Sequence[str], thresholds) -> di
       name: binary_metrics(labels=labels[:, c], scores=scores[:, c], threshold=float(thresholds[c]))
       for c, name in enumerate(classes)
   }
-  macro = {k: _mean_defined(m[k] for m in per_class.values()) for k in METRIC_KEYS}
+  macro = {k: mean_defined(m[k] for m in per_class.values()) for k in METRIC_KEYS}
   return {"classes": per_class, "macro": macro}
 
 
