@@ -86,11 +86,24 @@ def get_config(arg=None):
   config.train.log_every = 50
   # Checkpoints kept besides the best one.
   config.train.keep_checkpoints = 3
-  # Peak learning rate of the warm-up + cosine schedule (AdamW).
+  # Optimiser: 'adamw' (decoupled weight decay on kernels) or 'adam' (CheXNet's; decay only if weight_decay > 0).
+  config.train.optimizer = "adamw"
+  # Adam's moment decay rates.
+  config.train.b1 = 0.9
+  config.train.b2 = 0.999
+  # Learning-rate schedule: 'warmup_cosine' (linear warm-up, cosine decay to zero at num_steps) or
+  # 'plateau' (linear warm-up, then constant, multiplied by plateau_factor whenever the validation loss,
+  # measured every eval_every steps, has not improved for plateau_patience evaluations; CheXNet's recipe).
+  config.train.schedule = "warmup_cosine"
+  config.train.plateau_factor = 0.1  # 'plateau': factor applied to the learning rate at each plateau.
+  config.train.plateau_patience = 1  # 'plateau': evaluations without improvement before a decay.
+  config.train.plateau_rtol = 1e-4  # 'plateau': relative improvement of the validation loss that counts.
+  config.train.plateau_min_scale = 0.0  # 'plateau': the learning rate is never scaled below this factor.
+  # Peak learning rate (after warm-up).
   config.train.learning_rate = 1e-3
   # Linear warm-up steps before the cosine decay.
   config.train.warmup_steps = 500
-  # AdamW decoupled weight decay, applied to kernels only.
+  # Decoupled weight decay, applied to kernels only.
   config.train.weight_decay = 1e-4
   # Threshold rule on validation for the report: 'max_f1', 'youden', 'target_recall' or 'fixed' (0.5).
   config.train.threshold_rule = "max_f1"

@@ -72,14 +72,79 @@ def create_model(config, *, prevalence=None):
                           dtype=compute_dtype(config.model.dtype), head_bias_init=bias)
 
 
-def create_optimizer(config):
-  """AdamW with linear warm-up and cosine decay; weight decay on kernels only."""
+def _plateau_scale(config):
+  """The learning-rate scale of reduce-on-plateau, fed the validation loss at each evaluation.
+
+  The state is optax's `reduce_on_plateau` state, kept inside the optimiser state (so it is checkpointed
+  and restored with it). A training step only multiplies its updates by the current scale; the plateau
+  logic runs in `observe_validation_loss`, once per evaluation, as CheXNet's per-epoch decay did.
+  """
   t = config.train
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=t.learning_rate, warmup_steps=min(t.warmup_steps, t.num_steps),
-      decay_steps=max(t.num_steps, t.warmup_steps + 1), end_value=0.0)
+  plateau = optax.contrib.reduce_on_plateau(factor=t.plateau_factor, patience=t.plateau_patience,
+                                            rtol=t.plateau_rtol, cooldown=0, min_scale=t.plateau_min_scale)
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u: state.scale * u, updates), state
+
+  return optax.GradientTransformation(plateau.init, update), plateau
+
+
+def create_optimizer(config):
+  """The optimiser of `config.train` and its step -> learning-rate schedule (before any plateau scale).
+
+  'adamw': AdamW, decoupled weight decay on kernels only. 'adam': Adam, plus the same decoupled decay
+  only when `weight_decay` > 0 (CheXNet used none). Schedules: 'warmup_cosine' (linear warm-up, cosine decay to zero) or 'plateau'
+  (linear warm-up, then constant, multiplied by `plateau_factor` whenever the validation loss stops
+  improving for `plateau_patience` evaluations).
+  """
+  t = config.train
+  warmup = min(t.warmup_steps, t.num_steps)
+  if t.schedule == "warmup_cosine":
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=t.learning_rate, warmup_steps=warmup,
+        decay_steps=max(t.num_steps, t.warmup_steps + 1), end_value=0.0)
+  elif t.schedule == "plateau":
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, t.learning_rate, warmup) if warmup else optax.constant_schedule(0.0),
+         optax.constant_schedule(t.learning_rate)], boundaries=[warmup])
+  else:
+    raise ValueError(f"train.schedule must be 'warmup_cosine' or 'plateau', got {t.schedule!r}.")
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-  return optax.adamw(schedule, weight_decay=t.weight_decay, mask=decay_mask), schedule
+  if t.optimizer == "adamw":
+    tx = optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask)
+  elif t.optimizer == "adam":
+    tx = optax.adam(schedule, b1=t.b1, b2=t.b2)
+    if t.weight_decay:
+      tx = optax.chain(optax.add_decayed_weights(t.weight_decay, mask=decay_mask), tx)
+  else:
+    raise ValueError(f"train.optimizer must be 'adamw' or 'adam', got {t.optimizer!r}.")
+  if t.schedule == "plateau":
+    tx = optax.chain(tx, _plateau_scale(config)[0])
+  return tx, schedule
+
+
+def _plateau_states(opt_state):
+  """The reduce-on-plateau states inside an optimiser state (empty unless train.schedule='plateau')."""
+  is_plateau = lambda x: isinstance(x, optax.contrib.ReduceLROnPlateauState)
+  return [s for s in jax.tree.leaves(opt_state, is_leaf=is_plateau) if is_plateau(s)]
+
+
+def learning_rate_scale(state):
+  """The plateau scale of the learning rate (1.0 without the plateau schedule), a device scalar."""
+  found = _plateau_states(state.opt_state)
+  return found[0].scale if found else jnp.ones((), jnp.float32)
+
+
+def observe_validation_loss(config, state, val_loss):
+  """Feeds one validation loss to the plateau logic; returns the state with the updated scale."""
+  _, plateau = _plateau_scale(config)
+  is_plateau = lambda x: isinstance(x, optax.contrib.ReduceLROnPlateauState)
+
+  def observe(s):
+    return plateau.update((), s, value=val_loss)[1] if is_plateau(s) else s
+
+  return state.replace(opt_state=jax.tree.map(observe, state.opt_state, is_leaf=is_plateau))
 
 
 def create_train_state(config, model, rng, image_size):
@@ -161,6 +226,10 @@ class Trainer:
 
     # The two jitted steps, each compiled once.
     self.train_step, self.eval_step = jit_steps(self.mesh, loss_fn)
+    # Reduce-on-plateau bookkeeping (train.schedule='plateau'), fed each validation loss.
+    self.observe_validation_loss = jax.jit(functools.partial(observe_validation_loss, config),
+                                           out_shardings=self.replicated, donate_argnums=0)
+    self.learning_rate_scale = jax.jit(learning_rate_scale)
 
     # Checkpoints: the latest few plus the best by the target class's validation AUPRC.
     self.ckpt = ocp.CheckpointManager(
@@ -212,8 +281,11 @@ class Trainer:
                                       thresholds=np.full(len(nih.CLASSES), 0.5))
     tgt = res["classes"][self.config.data.target]
     auprc = tgt["auprc"] if tgt["auprc"] is not None else res["macro"]["auprc"]
+    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
+    val_loss = -np.mean(labels * np.log(p) + (1 - labels) * np.log1p(-p))  # Plain BCE, every class.
     return {"val_target_auprc": auprc, "val_target_auroc": tgt["auroc"],
-            "val_macro_auroc": res["macro"]["auroc"], "val_macro_auprc": res["macro"]["auprc"]}
+            "val_macro_auroc": res["macro"]["auroc"], "val_macro_auprc": res["macro"]["auprc"],
+            "val_loss": float(val_loss)}
 
   def checkpoint_args(self, state, data_iter):
     return ocp.args.Composite(state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter))
@@ -278,6 +350,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if not pending:
       return
     fetched = to_host([m for _, m in pending])
+    lr_scale = float(to_host(trainer.learning_rate_scale(state)))
     losses_ = np.asarray([m["loss"] for m in fetched])
     bad = np.flatnonzero(~np.isfinite(losses_))
     if bad.size:
@@ -289,7 +362,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"train.learning_rate or a smaller loss.pos_weight_max.")
     scalars = {"train_loss": float(losses_.mean()),
                "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
-               "learning_rate": float(trainer.schedule(step))}
+               "learning_rate": float(trainer.schedule(step)) * lr_scale}
     bar.update(len(pending))  # Counted when computed, not when dispatched, so steps/s and ETA are honest.
     pending.clear()
     writer.write(step, scalars)
@@ -306,6 +379,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if step % t.eval_every == 0 or last:
       flush(step)
       ckpt_metrics = trainer.validate(state)
+      if t.schedule == "plateau":
+        state = trainer.observe_validation_loss(state, ckpt_metrics["val_loss"])
       writer.write(step, ckpt_metrics)
       logging.info("step %d: %s", step, ckpt_metrics)
     if ckpt_metrics is not None or step % t.checkpoint_every == 0:
