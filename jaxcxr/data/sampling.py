@@ -14,8 +14,9 @@ config, seed, e), so a Grain iterator that only stores its position restores the
                   counts as a label) of 1 / n_c, so each class is drawn about equally often; epoch length =
                   the split's size, each image at most `cap` times.
 
-Every plan draws counts by systematic sampling over a shuffled order: an image whose expected count is w
-appears floor(w) or ceil(w) times, never more, which is what keeps the cap exact.
+Every plan gives each image an expected count w per epoch; the image then appears floor(w) or ceil(w)
+times (fractions rounded by systematic sampling over a shuffled order, so the epoch length is fixed),
+never more, which is what keeps the cap exact.
 """
 
 import dataclasses
@@ -48,16 +49,25 @@ class Plan:
     return out[rng.permutation(len(out))]
 
 
-def _draw(rng, indices, weights, n):
-  """n indices from `indices`, index i appearing floor or ceil of n * w_i / sum(w) times (systematic)."""
+def _draw(rng, indices, counts, n):
+  """n indices from `indices`, index i appearing floor(c_i) or ceil(c_i) times (c = expected `counts`,
+  n = the whole part of their sum): the whole parts are kept, the fractions rounded by systematic sampling
+  over a shuffled order, so the total is exact and no index exceeds ceil(c_i)."""
   if n == 0 or len(indices) == 0:
     return np.zeros(0, np.int64)
+  indices = np.asarray(indices, np.int64)
+  counts = np.asarray(counts, np.float64)
+  whole = np.floor(counts + 1e-9)
+  frac = np.clip(counts - whole, 0.0, 1.0)
+  base = np.repeat(indices, whole.astype(np.int64))
+  m = n - len(base)
+  if m <= 0 or frac.sum() <= 0:
+    return base[:n]
   order = rng.permutation(len(indices))
-  w = np.asarray(weights, np.float64)[order]
-  edges = np.cumsum(w) / w.sum() * n
-  edges[-1] = n  # Guards the last edge against rounding.
-  points = rng.random() + np.arange(n)
-  return np.asarray(indices, np.int64)[order][np.searchsorted(edges, points, side="right")]
+  edges = np.cumsum(frac[order]) * (m / frac.sum())  # Widths at most frac_i <= 1: at most one extra each.
+  edges[-1] = m  # Guards the last edge against rounding.
+  extra = indices[order][np.searchsorted(edges, rng.random() + np.arange(m), side="right")]
+  return np.concatenate([base, extra])
 
 
 def _capped(weights, *, total, cap):
@@ -109,19 +119,19 @@ def make_plan(labels: np.ndarray, sampling, *, target: str, seed: int) -> Plan:
     raise ValueError(f"data.sampling.undersample_no_finding must be in (0, 1], got {keep_frac}.")
   if cap < 1:
     raise ValueError(f"data.sampling.cap must be at least 1, got {cap}.")
-  # Undersampling: No Finding images get expected count keep_frac (so round(keep_frac * n) per epoch).
-  base = np.where(labels.any(1), 1.0, keep_frac)
+  # Undersampling: No Finding images get expected count keep_frac (floor(keep_frac * n) of them per epoch).
+  finding = labels.any(1)
+  base = np.where(finding, 1.0, keep_frac)
   all_idx = np.arange(num)
 
+  # Each plan gives expected per-epoch counts for groups of images.
   if name == "none":
-    groups = [(all_idx, base, int(round(base.sum())))]
+    groups = [(all_idx, base)]
   elif name == "repeat_factor":
-    r = np.minimum(repeat_factors(labels, float(sampling.threshold)) * base, cap)
-    groups = [(all_idx, r, int(round(r.sum())))]
+    groups = [(all_idx, np.minimum(repeat_factors(labels, float(sampling.threshold)) * base, cap))]
   elif name == "class_balanced":
     w = class_balanced_weights(labels) * base
-    total = int(round(base.sum()))
-    groups = [(all_idx, _capped(w, total=total, cap=cap), total)]
+    groups = [(all_idx, _capped(w, total=base.sum(), cap=cap))]
   else:  # target_ratio
     ratio = float(sampling.ratio)
     if not 0.0 < ratio < 1.0:
@@ -133,11 +143,16 @@ def make_plan(labels: np.ndarray, sampling, *, target: str, seed: int) -> Plan:
     others = base[neg].sum()  # Expected non-target images per epoch when each appears (at most) once.
     # The epoch is as long as the other images allow, shortened if the cap limits the target images.
     length = min(others / (1.0 - ratio), cap * len(pos) / ratio)
-    n_pos = int(round(ratio * length))
-    n_neg = int(round(length)) - n_pos
-    groups = [(pos, np.ones(len(pos)), n_pos), (neg, base[neg], n_neg)]
-  groups = tuple((np.asarray(i, np.int64), np.asarray(w, np.float64), int(n)) for i, w, n in groups)
-  return Plan(name=name, groups=groups, epoch_length=sum(n for _, _, n in groups), seed=int(seed))
+    groups = [(pos, np.full(len(pos), ratio * length / len(pos))),
+              (neg, base[neg] * ((1.0 - ratio) * length / others))]
+  # Images with and without a finding are drawn apart, so that undersampling No Finding never changes
+  # the others' counts; each group draws the whole part of its expected total.
+  split = []
+  for idx, counts in groups:
+    for part in (finding[idx], ~finding[idx]):
+      if part.any():
+        split.append((idx[part].astype(np.int64), counts[part], int(np.floor(counts[part].sum() + 1e-6))))
+  return Plan(name=name, groups=tuple(split), epoch_length=sum(n for _, _, n in split), seed=int(seed))
 
 
 def is_identity(sampling) -> bool:
