@@ -41,6 +41,39 @@ def get_config(arg=None):
   config.data.phantom.hernia_prevalence = 0.002  # Share of images with Hernia (NIH: 0.2%).
   config.data.phantom.label_noise = 0.0  # Probability that a true positive label is written as negative.
   config.data.phantom.seed = 0  # Seed of the generator (independent of `seed`, so arms share one dataset).
+  # Oversampling of the training stream (jaxcxr/data/sampling.py); validation and test are never resampled.
+  config.data.sampling = ml_collections.ConfigDict()
+  # 'none' (each image once per epoch), 'repeat_factor' (LVIS: r = max(1, sqrt(threshold / f)) from the
+  # image's rarest label), 'target_ratio' (data.target makes up `ratio` of every epoch) or 'class_balanced'
+  # (multi-label class-aware sampling: P(image) proportional to the sum of 1 / n_class over its labels).
+  config.data.sampling.name = "none"
+  # repeat_factor: the label frequency t below which images are repeated.
+  config.data.sampling.threshold = 0.05
+  # target_ratio: share of every epoch made of images carrying data.target.
+  config.data.sampling.ratio = 0.5
+  # Most times one image may appear in one epoch (target_ratio shortens the epoch rather than exceed it).
+  config.data.sampling.cap = 50
+  # Fraction of No Finding images (no label) kept in each epoch, drawn afresh per epoch (1.0 = all).
+  config.data.sampling.undersample_no_finding = 1.0
+  # Augmentation of training images inside the jitted train step (jaxcxr/data/augment.py); validation and
+  # test images are never augmented. Images carrying data.target use the minority_* fields, others the rest.
+  config.data.augment = ml_collections.ConfigDict()
+  config.data.augment.enabled = False  # Off: the step sees the images as stored.
+  config.data.augment.probability = 0.5  # Chance that a non-target image is augmented at all.
+  config.data.augment.minority_probability = 0.9  # The same for an image carrying data.target.
+  config.data.augment.strength = 0.5  # Scale of every range below for non-target images (1 = full range).
+  config.data.augment.minority_strength = 1.0  # The same for images carrying data.target.
+  config.data.augment.rotation = 10.0  # Rotation range in degrees (uniform in +/- rotation).
+  config.data.augment.scale = 0.1  # Zoom range: factor uniform in 1 +/- scale.
+  config.data.augment.translate = 0.1  # Shift range as a fraction of the image side, per axis.
+  config.data.augment.shear = 5.0  # Shear range in degrees.
+  config.data.augment.brightness = 0.1  # Additive brightness range (fraction of full scale).
+  config.data.augment.contrast = 0.2  # Contrast factor uniform in 1 +/- contrast, about the image mean.
+  config.data.augment.gamma = 0.2  # Gamma = exp(uniform in +/- gamma).
+  config.data.augment.noise = 0.02  # Largest standard deviation of added Gaussian noise (fraction of full scale).
+  # Probability of a horizontal (left-right) flip; 0 by default because laterality matters. There is no
+  # vertical flip.
+  config.data.augment.hflip = 0.0
 
   config.model = ml_collections.ConfigDict()
   # 'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152' (canonical, one-channel stem);

@@ -4,7 +4,8 @@
   python -m jaxcxr.main --config=configs/demo.py:baseline --workdir=/tmp/jaxcxr_demo_baseline
 
 The phantom dataset is generated on first use (20,000 64-px images, Hernia at 1.5% so that the test split
-holds about 60 Hernia positives) and reused afterwards. Arms: baseline, weighted (default), focal.
+holds about 60 Hernia positives) and reused afterwards. Arms: baseline, weighted (default), focal,
+oversample (target_ratio sampling + augmentation, BCE), hybrid (the same + focal loss).
 """
 
 from configs import arms

@@ -4,7 +4,8 @@
   python -m jaxcxr.main --config=configs/hernia.py:focal --workdir=/tmp/hernia_focal
 
 Arms (after the colon): baseline (plain BCE, no rebalancing), weighted (cost-sensitive BCE; the default),
-focal (focal loss).
+focal (focal loss), oversample (Hernia makes up a quarter of every epoch + augmentation, BCE), hybrid (the
+same + focal loss).
 """
 
 from configs import base

@@ -2,7 +2,8 @@
 
   python -m jaxcxr.main --config=configs/pneumothorax.py --config.data.dir=/data/chestxray14 --workdir=/tmp/ptx
 
-Arms (after the colon): baseline (plain BCE), weighted (cost-sensitive BCE; the default), focal.
+Arms (after the colon): baseline (plain BCE), weighted (cost-sensitive BCE; the default), focal, oversample
+(Pneumothorax makes up a quarter of every epoch + augmentation, BCE), hybrid (the same + focal loss).
 """
 
 from configs import base

@@ -25,6 +25,7 @@ from jaxcxr import losses
 from jaxcxr import metrics as metrics_lib
 from jaxcxr import models
 from jaxcxr import writers
+from jaxcxr.data import augment
 from jaxcxr.data import datasets
 from jaxcxr.data import nih
 from jaxcxr.data import pipeline
@@ -156,9 +157,17 @@ def create_train_state(config, model, rng, image_size):
   return state.replace(step=jnp.zeros((), jnp.int32))
 
 
-def train_step(state, batch, *, loss_fn):
-  """One optimiser step on a (sharded) global batch; returns the new state and scalar metrics."""
-  images = normalize(batch["image"])
+def train_step(state, batch, *, loss_fn, augment_fn=None, augment_seed=0):
+  """One optimiser step on a (sharded) global batch; returns the new state and scalar metrics.
+
+  `augment_fn(key, images, labels)` (data/augment.py), if given, augments the uint8 images first with a
+  key derived from `augment_seed` and the state's step, so a resumed run augments like an uninterrupted one.
+  """
+  images = batch["image"]
+  if augment_fn is not None:
+    key = jax.random.fold_in(jax.random.key(augment_seed), state.step)
+    images = augment_fn(key, images, batch["labels"])
+  images = normalize(images)
 
   def compute_loss(params):
     logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images,
@@ -183,10 +192,12 @@ def make_mesh(devices=None):
   return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
-def jit_steps(mesh, loss_fn):
-  """The jitted (train_step, eval_step): batch sharded over 'data', state replicated and donated."""
+def jit_steps(mesh, loss_fn, *, augment_fn=None, augment_seed=0):
+  """The jitted (train_step, eval_step): batch sharded over 'data', state replicated and donated.
+  Only the train step augments (with `augment_fn`, if given); the eval step never does."""
   data, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-  train = jax.jit(functools.partial(train_step, loss_fn=loss_fn), in_shardings=(replicated, data),
+  step = functools.partial(train_step, loss_fn=loss_fn, augment_fn=augment_fn, augment_seed=augment_seed)
+  train = jax.jit(step, in_shardings=(replicated, data),
                   out_shardings=(replicated, replicated), donate_argnums=0)
   evaluate = jax.jit(eval_step, in_shardings=(replicated, data), out_shardings=replicated)
   return train, evaluate
@@ -225,7 +236,9 @@ class Trainer:
       self.state = self._import_pretrained(config.model.init_from)
 
     # The two jitted steps, each compiled once.
-    self.train_step, self.eval_step = jit_steps(self.mesh, loss_fn)
+    self.augment_fn = augment.make_augment_fn(config)
+    self.train_step, self.eval_step = jit_steps(self.mesh, loss_fn, augment_fn=self.augment_fn,
+                                                augment_seed=config.seed)
     # Reduce-on-plateau bookkeeping (train.schedule='plateau'), fed each validation loss.
     self.observe_validation_loss = jax.jit(functools.partial(observe_validation_loss, config),
                                            out_shardings=self.replicated, donate_argnums=0)
@@ -333,7 +346,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   trainer = Trainer(config, workdir, splits=splits)
   data_iter = pipeline.train_iterator(trainer.splits["train"], global_batch=t.batch_size, seed=config.seed,
                                       process_index=jax.process_index(), process_count=jax.process_count(),
-                                      num_workers=config.data.num_workers)
+                                      num_workers=config.data.num_workers,
+                                      sampling=config.data.get("sampling"), target=config.data.target)
   state = trainer.state
   start = trainer.ckpt.latest_step() or 0
   if start:
