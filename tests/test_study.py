@@ -243,3 +243,16 @@ def test_cli_help_and_arm_in_config_string(tmp_path):
   bad = subprocess.run([sys.executable, "-m", "jaxcxr.study", "--config=configs/demo.py:quick,focal",
                         f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
   assert bad.returncode == 1 and "--arms=focal" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_smote_arms_report_from_their_own_folder(tiny_data_dir, tmp_path):
+  config = tiny_config(tiny_data_dir, "baseline")
+  assert study.report_dir(config, "w") == os.path.join("w", "report")  # No smote field yet.
+  config.unlock()
+  config.smote = {"method": "none"}
+  assert not study.is_smote(config) and study.report_dir(config, "w") == os.path.join("w", "report")
+  config.smote.method = "smote"
+  assert study.is_smote(config) and study.report_dir(config, "w") == os.path.join("w", "smote")
+  # Without saved test scores a SMOTE run cannot be re-predicted from the trunk's checkpoint: no scores.
+  run = study.Run("smote", 0, str(tmp_path), config)
+  assert study.load_test_scores(run, {}, splits_cache=None) is None
