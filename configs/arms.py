@@ -1,6 +1,9 @@
 """Arms of the imbalance study, picked by the config string: `configs/hernia.py:focal`.
 
 Each arm changes only how imbalance is handled; everything else comes from the config that applies it.
+
+The config string (after the colon) is a comma-separated list of tokens: at most one arm name plus the
+config's modifiers, in any order, e.g. `configs/demo.py:quick,focal`; see `parse_config_string`.
 """
 
 ARMS = ("baseline", "weighted", "focal", "oversample", "hybrid")
@@ -33,3 +36,37 @@ def apply_arm(config, arm):
   config.arm = arm
   config.lock()
   return config
+
+
+def config_tokens(arg):
+  """The comma-separated tokens of a config string ('' or None: none), stripped, empty ones dropped."""
+  return [t.strip() for t in (arg or "").split(",") if t.strip()]
+
+
+def parse_config_string(arg, *, default_arm=None, modifiers=()):
+  """Splits a config string such as 'quick,focal' into (arm, modifiers).
+
+  Args:
+    arg: the string after the colon of `--config=configs/demo.py:quick,focal` ('' or None: no tokens).
+    default_arm: the arm when the string names none (None: return None).
+    modifiers: the modifier tokens this config accepts (e.g. ('quick',) for demo.py).
+
+  Returns:
+    (arm, frozenset of the modifiers given).
+
+  Raises:
+    ValueError: an unknown token or two arms; the message lists the valid tokens.
+  """
+  arm, given = None, set()
+  for token in config_tokens(arg):
+    if token in ARMS:
+      if arm is not None:
+        raise ValueError(f"Config string {arg!r} names two arms ({arm!r} and {token!r}); give at most one.")
+      arm = token
+    elif token in modifiers:
+      given.add(token)
+    else:
+      valid = f"arms {', '.join(ARMS)}" + (f"; modifiers {', '.join(modifiers)}" if modifiers else "")
+      raise ValueError(f"Unknown token {token!r} in config string {arg!r}; valid tokens: {valid} "
+                       "(comma-separated, at most one arm).")
+  return (arm or default_arm), frozenset(given)

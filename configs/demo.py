@@ -4,8 +4,12 @@
   python -m jaxcxr.main --config=configs/demo.py:baseline --workdir=/tmp/jaxcxr_demo_baseline
 
 The phantom dataset is generated on first use (20,000 64-px images, Hernia at 1.5% so that the test split
-holds about 60 Hernia positives) and reused afterwards. Arms: baseline, weighted (default), focal,
+holds about 35 Hernia positives) and reused afterwards. Arms: baseline, weighted (default), focal,
 oversample (target_ratio sampling + augmentation, BCE), hybrid (the same + focal loss).
+
+The modifier `quick` (with or without an arm: `configs/demo.py:quick,focal`) trains fewer steps on the
+same data, for the imbalance study on 2 CPU cores:
+  python -m jaxcxr.study --config=configs/demo.py:quick --workdir=/tmp/jaxcxr_study
 """
 
 from configs import arms
@@ -13,6 +17,7 @@ from configs import base
 
 
 def get_config(arg="weighted"):
+  arm, modifiers = arms.parse_config_string(arg, default_arm="weighted", modifiers=("quick",))
   config = base.get_config()
   config.data.source = "phantom"
   config.data.dir = ""  # ~/.cache/jaxcxr/phantom-...; set it to keep the data elsewhere.
@@ -28,4 +33,10 @@ def get_config(arg="weighted"):
   config.train.log_every = 50
   config.train.warmup_steps = 100
   config.train.learning_rate = 2e-3
-  return arms.apply_arm(config, arg or "weighted")
+  if "quick" in modifiers:  # A quarter of the steps, same data (the cached set is reused).
+    config.train.num_steps = 300
+    config.train.eval_every = 100
+    config.train.checkpoint_every = 100
+    config.train.log_every = 25
+    config.train.warmup_steps = 30
+  return arms.apply_arm(config, arm)

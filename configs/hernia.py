@@ -13,9 +13,10 @@ from configs import arms
 
 
 def get_config(arg="weighted"):
+  arm, _ = arms.parse_config_string(arg, default_arm="weighted")
   config = base.get_config()
   config.data.source = "nih"
   config.data.target = "Hernia"
   config.data.image_size = 224
   config.model.name = "resnet50"
-  return arms.apply_arm(config, arg or "weighted")
+  return arms.apply_arm(config, arm)
