@@ -33,6 +33,9 @@ def get_config(arg=None):
   config.data.val_fraction = 0.1
   # The pathology the imbalance machinery and checkpoint selection focus on (one of the 14 NIH labels).
   config.data.target = "Hernia"
+  # Images that are missing, empty (zero bytes), truncated or corrupt are left out and listed in
+  # <data.dir>/jaxcxr_prepared/<size>px-<key>/preparation_report.json; True makes any of them a fatal error.
+  config.data.strict = False
   # Grain worker processes for the training input (0 = read in the main process).
   config.data.num_workers = 0
   # Parameters of the synthetic data (used only when source == 'phantom').
