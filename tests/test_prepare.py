@@ -186,3 +186,39 @@ def test_prepare_cli_prints_counts_and_strict_exits(tiny_data_dir, tmp_path):
   ok = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
   assert ok.returncode == 0, ok.stderr
   assert "Prepared 397 of 400 listed images" in ok.stdout and "1 corrupt" in ok.stdout
+
+
+def test_tfds_array_record_export_reads_back_without_tensorflow(tiny_data_dir, tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from jaxcxr.data import tfds_builder  # pylint: disable=g-import-not-at-top
+  d, picked, _ = _damaged_copy(tiny_data_dir, tmp_path)
+  config = _config(d)
+  builder = tfds_builder.build(config)
+  assert "tensorflow" not in sys.modules
+  files = os.listdir(builder.data_dir)
+  assert any(".array_record-" in f for f in files), files
+  again = tfds.builder_from_directory(builder.data_dir)  # As any other user would open it.
+  assert again.info.metadata["resize_method"] == datasets.RESIZE_METHOD
+  assert again.info.metadata["image_size"] == SIZE and "bilinear" in again.info.description.lower()
+  sources = again.as_data_source()
+  splits = datasets.load_splits(config)
+  meta = nih.concat(s.meta for s in splits.values())
+  by_name = {n: i for i, n in enumerate(meta.names)}
+  seen = set()
+  for part in ("train_val", "test"):
+    src = sources[part]
+    for k in range(len(src)):
+      ex = src[k]
+      name = ex["image_id"].decode()
+      i = by_name[name]
+      assert ex["image"].shape == (SIZE, SIZE, 1) and ex["image"].dtype == np.uint8
+      np.testing.assert_array_equal(ex["image"][..., 0], _pixels(splits, name))
+      np.testing.assert_array_equal(ex["labels"], meta.labels[i])
+      assert ex["patient_id"] == meta.patients[i] and ex["view"].decode() == meta.views[i]
+      assert ex["sex"].decode() == meta.sexes[i] and np.isclose(ex["age"], meta.ages[i])
+      seen.add(name)
+  assert seen == set(meta.names)  # All prepared images, none of the bad ones.
+  assert not seen & {picked[k] for k in ("corrupt", "truncated", "empty", "missing")}
+  images = tfds_builder.Images([sources["train_val"], sources["test"]])
+  assert images.shape == (len(seen), SIZE, SIZE) and images[np.array([0, 3])].shape == (2, SIZE, SIZE)
+  np.testing.assert_array_equal(images[len(sources["train_val"])], sources["test"][0]["image"][..., 0])
