@@ -46,7 +46,7 @@ def main(argv):
       raise nih.DataError("data.source='chestmnist' needs no preparation: training reads chestmnist.npz directly.")
     print(f"Preparing {datasets.data_dir(config)} at {config.data.image_size} px on "
           f"{FLAGS.num_workers or os.cpu_count()} processes.", flush=True)
-    prepared, _ = datasets.prepare_config(config, num_workers=FLAGS.num_workers)
+    prepared, _ = datasets.prepare_config(config, num_workers=FLAGS.num_workers, log_summary=False)
     print(datasets.summary(prepared.report))
     if FLAGS.tfds:
       from jaxcxr.data import tfds_builder  # pylint: disable=g-import-not-at-top  (tensorflow_datasets is slow to import)

@@ -238,7 +238,8 @@ def _num_workers(num_workers, n):
   return min(os.cpu_count() or 1, max(1, n // 2000))  # Spawning workers costs ~1 s each: not for tiny sets.
 
 
-def prepare(directory, meta, *, size, strict=False, num_workers=0, chunk_size=CHUNK_SIZE, progress=True):
+def prepare(directory, meta, *, size, strict=False, num_workers=0, chunk_size=CHUNK_SIZE, progress=True,
+            log_summary=True):
   """Decodes the images of `meta` under `directory` once into uint8 at `size` px; returns Prepared.
 
   Reuses a complete earlier preparation; resumes an interrupted one from the chunks it finished. Missing,
@@ -251,6 +252,9 @@ def prepare(directory, meta, *, size, strict=False, num_workers=0, chunk_size=CH
   if done is not None:
     if strict and done.report["problems"]:
       raise _strict_error(done.report)
+    if log_summary and done.report["problems"]:
+      logging.warning("%d of the %d listed images were left out when %s was prepared; see %s.",
+                      len(done.report["problems"]), len(meta), out_dir, os.path.join(out_dir, REPORT))
     return done
 
   paths = nih.find_images(directory, meta.names)
@@ -302,7 +306,8 @@ def prepare(directory, meta, *, size, strict=False, num_workers=0, chunk_size=CH
   _write_json(os.path.join(out_dir, REPORT), report)
   _write_json(os.path.join(out_dir, INDEX), {"kept": todo[good].tolist(), "rows": np.flatnonzero(good).tolist()})
   os.remove(progress_path)
-  (logging.warning if problems else logging.info)("%s", summary(report))
+  if log_summary:
+    (logging.warning if problems else logging.info)("%s", summary(report))
   done = _load_complete(out_dir, meta)
   if strict and problems:
     raise _strict_error(report)
@@ -320,7 +325,7 @@ def _nih_meta(config, directory):
   return meta, splits
 
 
-def prepare_config(config, *, num_workers=0, progress=True):
+def prepare_config(config, *, num_workers=0, progress=True, log_summary=True):
   """Runs (or reuses) the preparation `config.data` asks for; returns (Prepared, splits name -> Metadata)."""
   directory = data_dir(config)
   if config.data.source == "phantom":
@@ -329,7 +334,7 @@ def prepare_config(config, *, num_workers=0, progress=True):
     raise nih.DataError(f"data.source {config.data.source!r} has no image preparation; choose 'phantom' or 'nih'.")
   meta, splits = _nih_meta(config, directory)
   prepared = prepare(directory, meta, size=config.data.image_size, strict=config.data.strict,
-                     num_workers=num_workers, progress=progress)
+                     num_workers=num_workers, progress=progress, log_summary=log_summary)
   return prepared, splits
 
 
