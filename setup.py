@@ -26,6 +26,10 @@ setuptools.setup(
         "tqdm>=4.66,<5",
         "tensorboardX>=2.6,<3",
         "safetensors>=0.4,<1",  # ImageNet weight import, read with numpy (no PyTorch).
+        # The TFDS ArrayRecord export of prepared data (jaxcxr.prepare); builds and reads with no TensorFlow.
+        "tensorflow-datasets>=4.9.7,<5",
+        "array-record>=0.5,<1",
+        "importlib_resources>=6,<8",  # Needed by TFDS through etils.epath; not always pulled in with it.
     ],
     extras_require={
         "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3"],

@@ -17,8 +17,9 @@ def get_config(arg=None):
   config.arm = ""
 
   config.data = ml_collections.ConfigDict()
-  # Where images come from: 'phantom' (built-in synthetic data in the NIH layout, generated on first use)
-  # or 'nih' (a folder holding the real ChestX-ray14 release).
+  # Where images come from: 'phantom' (built-in synthetic data in the NIH layout, generated on first use),
+  # 'nih' (a folder holding the real ChestX-ray14 release) or 'chestmnist' (MedMNIST's chestmnist.npz or
+  # chestmnist_<size>.npz in data.dir, with its own splits; needs data.split='chestmnist').
   config.data.source = "nih"
   # The data folder. For 'nih': holds Data_Entry_2017_v2020.csv(.gz), train_val_list.txt, test_list.txt and
   # images/ (or images_001/images ... images_012/images). For 'phantom': where the synthetic set is written
@@ -27,12 +28,16 @@ def get_config(arg=None):
   # Side length in pixels that images are resized to, once, when the data is prepared.
   config.data.image_size = 224
   # 'official': NIH's train_val_list.txt / test_list.txt with a patient-grouped validation carve-out;
-  # 'random': a seeded patient-level 70/10/20 train/val/test split (as CheXNet used).
+  # 'random': a seeded patient-level 70/10/20 train/val/test split (as CheXNet used); 'chestmnist': the
+  # npz file's own splits (data.source='chestmnist' only; no patient ids, so not patient-checked).
   config.data.split = "official"
   # 'official' only: fraction of train_val patients held out for validation (thresholds, checkpoint choice).
   config.data.val_fraction = 0.1
   # The pathology the imbalance machinery and checkpoint selection focus on (one of the 14 NIH labels).
   config.data.target = "Hernia"
+  # Images that are missing, empty (zero bytes), truncated or corrupt are left out and listed in
+  # <data.dir>/jaxcxr_prepared/<size>px-<key>/preparation_report.json; True makes any of them a fatal error.
+  config.data.strict = False
   # Grain worker processes for the training input (0 = read in the main process).
   config.data.num_workers = 0
   # Parameters of the synthetic data (used only when source == 'phantom').

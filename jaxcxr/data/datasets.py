@@ -1,8 +1,16 @@
 """Resolves `config.data` into train/val/test splits of uint8 images held in prepared arrays.
 
-Both sources go through the same NIH code path: the phantom data is written in the NIH layout first.
-Images are decoded and resized once into `<data.dir>/jaxcxr_prepared/<size>px.npy` (uint8, memory-mapped),
-so the training loop never decodes a PNG.
+The phantom and NIH sources go through the same NIH code path: the phantom data is written in the NIH
+layout first. Images are decoded and resized once (all CPU cores, resumable) into
+`<data.dir>/jaxcxr_prepared/<size>px-<key>/`:
+
+  images.npy                 (M, S, S) uint8, memory-mapped by the loader; a row per image found on disk.
+  progress.json              the chunks decoded so far (only while preparing; a rerun resumes from it).
+  preparation_report.json    images prepared, and every image left out by name and reason.
+  index.json                 written last, atomically: its presence alone means the folder is complete.
+
+`python -m jaxcxr.prepare` runs this ahead of training (and exports a TFDS ArrayRecord dataset); otherwise
+`load_splits` does it on first use. data.source='chestmnist' reads MedMNIST's npz instead (chestmnist.py).
 """
 
 import dataclasses
@@ -25,6 +33,17 @@ archives, unpacked so that images/ (or images_001/images ... images_012/images) 
 Point --config.data.dir at it. To try jaxcxr without it, run the built-in synthetic demo:
   python -m jaxcxr.main --config=configs/demo.py --workdir=/tmp/jaxcxr_demo"""
 
+PREPARED = "jaxcxr_prepared"
+REPORT = "preparation_report.json"
+INDEX = "index.json"  # The completion marker, written last.
+# Bumped whenever decoding changes, so that older prepared folders are not reused.
+DECODER_VERSION = 2
+# How images reach the training resolution; recorded in the report and in the TFDS dataset's metadata.
+RESIZE_METHOD = "PIL bilinear with antialiasing (Image.resize, BILINEAR, reducing_gap=3.0), square"
+# Why an image is left out, in report order.
+REASONS = ("missing", "empty", "truncated", "corrupt")
+CHUNK_SIZE = 256  # Images per unit of work; a killed preparation loses at most one chunk per worker.
+
 
 @dataclasses.dataclass
 class Split:
@@ -36,6 +55,16 @@ class Split:
 
   def __len__(self):
     return len(self.meta)
+
+
+@dataclasses.dataclass
+class Prepared:
+  """The outcome of `prepare`: rows of the label file kept, their images, and the report."""
+  meta: nih.Metadata  # The listed images that decoded, in label-file order.
+  images: np.ndarray  # (M, S, S) uint8 memmap; image i of `meta` is images[rows[i]].
+  rows: np.ndarray  # (len(meta),) int64.
+  report: dict  # The contents of preparation_report.json.
+  directory: str  # The prepared folder.
 
 
 def data_dir(config):
@@ -56,21 +85,73 @@ def _ensure_phantom(config, directory):
                  label_noise=p.label_noise, prevalence={"Hernia": p.hernia_prevalence})
 
 
-def _decode(args):
-  """Reads one image as 8-bit grey at size x size; returns (array or None, error or None)."""
-  path, size = args
+# ----------------------------------------------------------------------------------------------------------
+# Decoding one image.
+# ----------------------------------------------------------------------------------------------------------
+
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_grey(im):
+  """An opened PIL image as (H, W) uint8 grey.
+
+  8-bit grey as is; 16-bit grey rescaled by its bit depth (0 -> 0, 65535 -> 255, rounded); RGB, RGBA,
+  palette and the like: the colour channels when they agree (alpha ignored), else ITU-R 601-2 luminance
+  (PIL's 'L': 0.299 R + 0.587 G + 0.114 B).
+  """
+  if im.mode == "L":
+    return np.asarray(im, np.uint8)
+  if im.mode in _SIXTEEN_BIT:
+    a = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
+    return ((a * 255 + 32767) // 65535).astype(np.uint8)
+  if im.mode in ("LA", "La"):
+    return np.asarray(im.getchannel(0), np.uint8)
+  if im.mode in ("1", "F"):
+    return np.asarray(im.convert("L"), np.uint8)
+  rgb = im.convert("RGB")
+  a = np.asarray(rgb, np.uint8)
+  if (a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all():
+    return a[..., 0].copy()
+  return np.asarray(rgb.convert("L"), np.uint8)
+
+
+def decode(path, size):
+  """Reads one image file as (size, size) uint8 grey; returns (array, None) or (None, (reason, detail))."""
   try:
+    if os.path.getsize(path) == 0:
+      return None, ("empty", "zero-byte file")
     with Image.open(path) as im:
       im.load()
-      if im.mode in ("I;16", "I;16B", "I"):
-        a = np.asarray(im, np.float32)
-        im = Image.fromarray((a / max(a.max(), 1.0) * 255.0).astype(np.uint8))
-      im = im.convert("L")
-      if im.size != (size, size):
-        im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-      return np.asarray(im, np.uint8), None
-  except Exception as e:  # pylint: disable=broad-except
-    return None, f"{type(e).__name__}: {e}"
+      if im.mode == "L" and im.size != (size, size):  # The common case (NIH): no conversions.
+        return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)), None
+      a = to_grey(im)
+  except FileNotFoundError:
+    return None, ("missing", "file vanished during preparation")
+  except (EOFError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    text = f"{type(e).__name__}: {e}".replace(path, os.path.basename(path))
+    reason = "truncated" if isinstance(e, EOFError) or "truncated" in str(e).lower() else "corrupt"
+    return None, (reason, text)
+  if a.ndim != 2 or min(a.shape) == 0:
+    return None, ("corrupt", f"unexpected pixel array shape {a.shape}")
+  if a.shape != (size, size):
+    a = np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0))
+  return a, None
+
+
+def _decode_chunk(job):
+  """Worker: decodes one chunk into rows start.. of the array file; returns (start, [(offset, reason, detail)])."""
+  array_path, start, paths, size = job
+  images = np.load(array_path, mmap_mode="r+")
+  errors = []
+  for j, path in enumerate(paths):
+    a, err = decode(path, size)
+    if err is None:
+      images[start + j] = a
+    else:
+      errors.append((j, *err))
+  images.flush()  # On disk before the chunk is recorded as done.
+  del images
+  return start, errors
 
 
 class _InProcess:
@@ -82,83 +163,195 @@ class _InProcess:
   def __exit__(self, *exc):
     return False
 
-  def imap(self, fn, items, chunksize=1):
+  def imap_unordered(self, fn, items, chunksize=1):
     del chunksize
     return map(fn, items)
 
 
-def _prepare(directory, meta, size, num_workers=None):
-  """Decodes the images of `meta` once into a memory-mapped uint8 array; returns (meta kept, images)."""
-  out_dir = os.path.join(directory, "jaxcxr_prepared")
-  key = hashlib.sha1("\n".join(meta.names).encode()).hexdigest()[:12]
-  array_path = os.path.join(out_dir, f"{size}px-{key}.npy")
-  index_path = array_path[:-4] + ".json"
-  if os.path.exists(index_path):  # Written last: its presence means the array is complete.
-    with open(index_path) as f:
-      kept = np.asarray(json.load(f)["kept"], np.int64)
-    return meta.subset(kept), np.load(array_path, mmap_mode="r")
+# ----------------------------------------------------------------------------------------------------------
+# Preparing a dataset: resumable, all cores, a report of what was left out.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _write_json(path, obj):
+  """Writes JSON atomically: a reader (or a rerun after a kill) sees the old file or the new, never half."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _read_json(path):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def prepared_dir(directory, meta, size):
+  """The folder that the images of `meta` at `size` px are (or will be) prepared into."""
+  key = hashlib.sha1("\n".join([f"v{DECODER_VERSION}", str(size), *meta.names]).encode()).hexdigest()[:12]
+  return os.path.join(directory, PREPARED, f"{size}px-{key}")
+
+
+def summary(report):
+  """A few readable lines: how many images were prepared, how many left out and why, where the list is."""
+  left = report["left_out"]
+  lines = [f"Prepared {report['prepared']:,} of {report['listed']:,} listed images at {report['image_size']} px "
+           f"into {report['directory']}."]
+  if sum(left.values()):
+    why = ", ".join(f"{left[r]:,} {r}" for r in REASONS if left[r])
+    lines.append(f"Left out {sum(left.values()):,}: {why}. Each is listed by name and reason in "
+                 f"{os.path.join(report['directory'], REPORT)}; e.g.")
+    lines += [f"  {p['name']}: {p['reason']} ({p['detail']})" for p in report["problems"][:5]]
+  else:
+    lines.append("Left out none.")
+  return "\n".join(lines)
+
+
+def _strict_error(report):
+  problems = report["problems"]
+  shown = "\n".join(f"  {p['name']}: {p['reason']} ({p['detail']})" for p in problems[:20])
+  more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+  return nih.DataError(
+      f"data.strict: {len(problems)} of the {report['listed']} listed images are unusable:\n{shown}{more}\n"
+      f"Full list: {os.path.join(report['directory'], REPORT)}. Restore or replace those files (then delete "
+      f"{report['directory']}), or run without --strict (data.strict=False) to leave them out.")
+
+
+def _load_complete(out_dir, meta):
+  index = _read_json(os.path.join(out_dir, INDEX))
+  if index is None:
+    return None
+  kept = np.asarray(index["kept"], np.int64)
+  images = np.load(os.path.join(out_dir, "images.npy"), mmap_mode="r")
+  report = _read_json(os.path.join(out_dir, REPORT))
+  return Prepared(meta.subset(kept), images, np.asarray(index["rows"], np.int64), report, out_dir)
+
+
+def _num_workers(num_workers, n):
+  if num_workers:
+    return num_workers
+  return min(os.cpu_count() or 1, max(1, n // 2000))  # Spawning workers costs ~1 s each: not for tiny sets.
+
+
+def prepare(directory, meta, *, size, strict=False, num_workers=0, chunk_size=CHUNK_SIZE, progress=True,
+            log_summary=True):
+  """Decodes the images of `meta` under `directory` once into uint8 at `size` px; returns Prepared.
+
+  Reuses a complete earlier preparation; resumes an interrupted one from the chunks it finished. Missing,
+  zero-byte, truncated and corrupt files are left out and listed in preparation_report.json; with `strict`
+  any of them is a DataError naming them (missing files before any decoding). `num_workers` 0 = all CPU
+  cores (one process for small sets).
+  """
+  out_dir = prepared_dir(directory, meta, size)
+  done = _load_complete(out_dir, meta)
+  if done is not None:
+    if strict and done.report["problems"]:
+      raise _strict_error(done.report)
+    if log_summary and done.report["problems"]:
+      logging.warning("%d of the %d listed images were left out when %s was prepared; see %s.",
+                      len(done.report["problems"]), len(meta), out_dir, os.path.join(out_dir, REPORT))
+    return done
+
   paths = nih.find_images(directory, meta.names)
   present = np.asarray([paths[n] is not None for n in meta.names])
   if not present.any():
     raise nih.DataError(f"None of the {len(meta)} images listed in the label file were found under {directory}/images "
                         f"or {directory}/images_0NN/images.\n{NIH_DOWNLOAD}")
+  problems = [{"name": str(n), "reason": "missing", "detail": "listed in the label file, not found on disk"}
+              for n in meta.names[~present]]
+  base_report = {"directory": out_dir, "data_dir": directory, "image_size": size, "resize_method": RESIZE_METHOD,
+                 "decoder_version": DECODER_VERSION, "listed": len(meta)}
+  if strict and problems:  # Fail before hours of decoding.
+    raise _strict_error({**base_report, "problems": problems})
   os.makedirs(out_dir, exist_ok=True)
   todo = np.flatnonzero(present)
-  tmp_path = array_path + ".tmp"
-  images = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.uint8, shape=(len(todo), size, size))
-  problems, good = [], np.zeros(len(todo), bool)
-  work = [(paths[meta.names[i]], size) for i in todo]
-  workers = min(num_workers or os.cpu_count() or 1, max(1, len(work) // 2000))
-  # 'spawn', not fork: JAX may already run threads in this process, and forking those can deadlock.
-  with multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else _InProcess() as pool:
-    jobs = pool.imap(_decode, work, chunksize=64)
-    for j, (a, err) in enumerate(tqdm.tqdm(jobs, total=len(todo), desc=f"Preparing {size}px images",
-                                         unit="img", smoothing=0.1)):
-      if err is None:
-        images[j], good[j] = a, True
-      else:
-        problems.append((meta.names[todo[j]], err))
-  images.flush()
-  del images
-  missing = int((~present).sum())
-  if missing:
-    logging.warning("%d of %d listed images are absent from %s; training on the %d present.", missing,
-                    len(meta), directory, len(todo))
-  for name, err in problems:
-    logging.warning("Left out unreadable image %s: %s", name, err)
-  kept = todo[good]
-  if not good.all():  # Compact the array so that it holds good images only.
-    full = np.load(tmp_path, mmap_mode="r")
-    np.save(tmp_path + ".npy", full[good])
-    del full
-    os.replace(tmp_path + ".npy", tmp_path)
-  os.replace(tmp_path, array_path)
-  with open(index_path + ".tmp", "w") as f:
-    json.dump({"kept": kept.tolist(), "missing": missing, "unreadable": problems}, f)
-  os.replace(index_path + ".tmp", index_path)
-  return meta.subset(kept), np.load(array_path, mmap_mode="r")
+  array_path = os.path.join(out_dir, "images.npy")
+  progress_path = os.path.join(out_dir, "progress.json")
+  plan = {"rows": len(todo), "size": size, "chunk_size": chunk_size}
+  state = _read_json(progress_path)
+  if state is None or state.get("plan") != plan or not os.path.exists(array_path):
+    np.lib.format.open_memmap(array_path, mode="w+", dtype=np.uint8, shape=(len(todo), size, size)).flush()
+    state = {"plan": plan, "done": {}}
+    _write_json(progress_path, state)
+  elif state["done"]:
+    logging.info("Resuming the preparation in %s: %d of %d images already decoded.", out_dir,
+                 sum(min(chunk_size, len(todo) - int(s)) for s in state["done"]), len(todo))
+  jobs = [(array_path, start, [paths[meta.names[i]] for i in todo[start:start + chunk_size]], size)
+          for start in range(0, len(todo), chunk_size) if str(start) not in state["done"]]
+  workers = min(_num_workers(num_workers, sum(len(j[2]) for j in jobs)), max(1, len(jobs)))
+  initial = len(todo) - sum(len(j[2]) for j in jobs)
+  with tqdm.tqdm(total=len(todo), initial=initial, desc=f"Preparing {size}px images", unit="img",
+                 smoothing=0.1, disable=not progress) as bar:
+    # 'spawn', not fork: JAX may already run threads in this process, and forking those can deadlock.
+    with multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else _InProcess() as pool:
+      for start, errors in pool.imap_unordered(_decode_chunk, jobs):
+        state["done"][str(start)] = errors
+        _write_json(progress_path, state)
+        bar.update(min(chunk_size, len(todo) - start))
+
+  good = np.ones(len(todo), bool)
+  for start, errors in state["done"].items():
+    for offset, reason, detail in errors:
+      row = int(start) + offset
+      good[row] = False
+      problems.append({"name": str(meta.names[todo[row]]), "reason": reason, "detail": detail})
+  problems.sort(key=lambda p: (REASONS.index(p["reason"]), p["name"]))
+  report = {**base_report, "prepared": int(good.sum()),
+            "left_out": {r: sum(p["reason"] == r for p in problems) for r in REASONS}, "problems": problems}
+  _write_json(os.path.join(out_dir, REPORT), report)
+  _write_json(os.path.join(out_dir, INDEX), {"kept": todo[good].tolist(), "rows": np.flatnonzero(good).tolist()})
+  os.remove(progress_path)
+  if log_summary:
+    (logging.warning if problems else logging.info)("%s", summary(report))
+  done = _load_complete(out_dir, meta)
+  if strict and problems:
+    raise _strict_error(report)
+  return done
 
 
-def load_splits(config):
-  """Returns {'train', 'val', 'test'} -> Split for `config.data`, preparing images on first use."""
-  directory = data_dir(config)
-  if config.data.source == "phantom":
-    _ensure_phantom(config, directory)
-  elif config.data.source != "nih":
-    raise nih.DataError(f"Unknown data.source {config.data.source!r}; choose 'phantom' or 'nih'.")
+def _nih_meta(config, directory):
+  """The label file's Metadata and the {'train', 'val', 'test'} split of it for `config.data`."""
   label_file = nih.find_label_file(directory) if os.path.isdir(directory) else None
   if label_file is None:
     raise nih.DataError(f"No NIH ChestX-ray14 label file ({nih.LABEL_FILE}) in {directory}.\n{NIH_DOWNLOAD}")
   meta = nih.read_labels(label_file)
-  if config.data.target not in nih.CLASSES:
-    raise nih.DataError(f"data.target {config.data.target!r} is not one of {', '.join(nih.CLASSES)}.")
   splits = nih.split(meta, directory, name=config.data.split, val_fraction=config.data.val_fraction,
                      seed=config.seed)
-  kept, images = _prepare(directory, meta, config.data.image_size)
-  where = {n: i for i, n in enumerate(kept.names)}
+  return meta, splits
+
+
+def prepare_config(config, *, num_workers=0, progress=True, log_summary=True):
+  """Runs (or reuses) the preparation `config.data` asks for; returns (Prepared, splits name -> Metadata)."""
+  directory = data_dir(config)
+  if config.data.source == "phantom":
+    _ensure_phantom(config, directory)
+  elif config.data.source != "nih":
+    raise nih.DataError(f"data.source {config.data.source!r} has no image preparation; choose 'phantom' or 'nih'.")
+  meta, splits = _nih_meta(config, directory)
+  prepared = prepare(directory, meta, size=config.data.image_size, strict=config.data.strict,
+                     num_workers=num_workers, progress=progress, log_summary=log_summary)
+  return prepared, splits
+
+
+def load_splits(config):
+  """Returns {'train', 'val', 'test'} -> Split for `config.data`, preparing images on first use."""
+  if config.data.target not in nih.CLASSES:
+    raise nih.DataError(f"data.target {config.data.target!r} is not one of {', '.join(nih.CLASSES)}.")
+  if config.data.source == "chestmnist":
+    from jaxcxr.data import chestmnist  # pylint: disable=g-import-not-at-top
+    return chestmnist.load_splits(config, data_dir(config))
+  if config.data.source not in ("phantom", "nih"):
+    raise nih.DataError(f"Unknown data.source {config.data.source!r}; choose 'phantom', 'nih' or 'chestmnist'.")
+  prepared, splits = prepare_config(config)
+  where = {n: r for n, r in zip(prepared.meta.names, prepared.rows)}
   out = {}
   for name, m in splits.items():
     rows = np.asarray([where.get(n, -1) for n in m.names], np.int64)
     present = rows >= 0
-    out[name] = Split(name, m.subset(present), images, rows[present])
+    out[name] = Split(name, m.subset(present), prepared.images, rows[present])
   return out
