@@ -33,5 +33,7 @@ setuptools.setup(
     ],
     extras_require={
         "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3"],
+        # The optional PyTorch peer of `python -m jaxcxr.bench` (torchvision's ResNet side by side).
+        "bench": ["torch>=2.4", "torchvision>=0.19"],
     },
 )

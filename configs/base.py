@@ -147,4 +147,7 @@ def get_config(arg=None):
   config.train.threshold_rule = "max_f1"
   # Recall the 'target_recall' rule aims for (sensitivity first for critical findings).
   config.train.target_recall = 0.9
+  # Folder of JAX's persistent compilation cache: reruns and resumed runs read their compiled steps from
+  # it instead of compiling again ('' = off; a gs:// URL works for pods).
+  config.train.compilation_cache = "~/.cache/jaxcxr/xla"
   return config

@@ -2,6 +2,7 @@
 
 import contextlib
 import logging as pylogging
+import os
 import sys
 
 from absl import logging
@@ -28,3 +29,23 @@ def user_errors(prog, *errors):
   except errors as e:
     print(f"\n{prog}: {e}", file=sys.stderr)
     sys.exit(1)
+
+
+def enable_compilation_cache(path, *, min_compile_time_secs=1.0, min_entry_size_bytes=0):
+  """Turns on JAX's persistent compilation cache in `path` ('' leaves it off); returns the folder or None.
+
+  A rerun (or a resumed job, or an evaluation of the same model) then reads its compiled steps from the
+  cache instead of compiling them again: minutes saved for a ResNet-50 on GPU. Programs that compiled in
+  under `min_compile_time_secs` are not worth a file and are not cached. Call it before the first compile:
+  JAX opens the cache once per process. `path` may be a local folder (created here) or a gs:// URL.
+  """
+  if not path:
+    return None
+  import jax  # pylint: disable=g-import-not-at-top
+  if "://" not in path:
+    path = os.path.abspath(os.path.expanduser(path))
+    os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_secs))
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", int(min_entry_size_bytes))
+  return path

@@ -45,6 +45,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   cli.setup_logging()
   _init_distributed()
+  cli.enable_compilation_cache(FLAGS.config.train.compilation_cache)
   with cli.user_errors("jaxcxr", nih.DataError, train.NonFiniteLossError, weights.WeightImportError):
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 

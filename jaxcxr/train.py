@@ -382,11 +382,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.write(step, scalars)
     bar.set_postfix(loss=f"{scalars['train_loss']:.4f}")
 
+  # One batch ahead on the device: batch k + 1 is read and sent while step k runs. On steps that save the
+  # data iterator's position it is read after the save, so a resumed run sees the same batches.
+  batch = trainer.global_batch(next(data_iter)) if start < t.num_steps else None
   for step in range(start + 1, t.num_steps + 1):
-    batch = trainer.global_batch(next(data_iter))
     state, step_metrics = trainer.train_step(state, batch)
     pending.append((step, step_metrics))
     last = step == t.num_steps
+    saves = last or step % t.eval_every == 0 or step % t.checkpoint_every == 0
+    if not saves:
+      batch = trainer.global_batch(next(data_iter))
     if step % t.log_every == 0 or last:
       flush(step)
     ckpt_metrics = None
@@ -400,6 +405,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if ckpt_metrics is not None or step % t.checkpoint_every == 0:
       flush(step)
       trainer.ckpt.save(step, args=trainer.checkpoint_args(state, data_iter), metrics=ckpt_metrics)
+    if saves and not last:
+      batch = trainer.global_batch(next(data_iter))
   bar.close()
   trainer.ckpt.wait_until_finished()
   writer.close()
