@@ -1,4 +1,8 @@
-"""parallel.mode 'jit' and 'shard_map' on 4 simulated devices equal one device; cluster detection."""
+"""parallel.mode 'jit' and 'shard_map' on 4 simulated devices equal one device; cluster detection; launchers."""
+
+import os
+import shlex
+import subprocess
 
 import jax
 import numpy as np
@@ -140,3 +144,44 @@ def test_main_calls_initialize_with_the_plan(monkeypatch):
   monkeypatch.setattr(jax, "process_index", lambda: 0)
   monkeypatch.setattr(jax, "process_count", lambda: 16)
   assert cluster.initialize(env=SLURM).kind == "slurm" and calls == [{}]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Launchers: shell syntax, and the exact remote command of the TPU pod script.
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("script", ["local_multiprocess.sh", "slurm.sbatch", "tpu_pod.sh"])
+def test_launch_scripts_parse(script):
+  subprocess.run(["bash", "-n", os.path.join(ROOT, "launch", script)], check=True)
+
+
+def test_tpu_pod_script_runs_main_on_every_worker():
+  env = dict(os.environ, TPU_NAME="pod", ZONE="us-east5-a", DRY_RUN="1", PYTHON="python3")
+  out = subprocess.run(["bash", "launch/tpu_pod.sh", "--config=configs/demo.py", "--workdir=/mnt/a b"],
+                       cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
+  argv = shlex.split(out)
+  assert argv[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod"]
+  assert "--worker=all" in argv and "--zone=us-east5-a" in argv
+  remote = next(a for a in argv if a.startswith("--command="))[len("--command="):]
+  assert shlex.split(remote)[-5:] == ["python3", "-m", "jaxcxr.main", "--config=configs/demo.py",
+                                      "--workdir=/mnt/a b"]
+  missing = subprocess.run(["bash", "launch/tpu_pod.sh"], cwd=ROOT, env={"PATH": os.environ["PATH"]},
+                           capture_output=True, text=True)
+  assert missing.returncode != 0 and "TPU_NAME" in missing.stderr
+
+
+def test_jobset_coordinator_is_pod_zero_and_counts_agree():
+  yaml = pytest.importorskip("yaml")
+  with open(os.path.join(ROOT, "launch", "jobset.yaml")) as f:
+    jobset = yaml.safe_load(f)
+  rjob = jobset["spec"]["replicatedJobs"][0]
+  job = rjob["template"]["spec"]
+  env = {e["name"]: e["value"] for e in job["template"]["spec"]["containers"][0]["env"]}
+  name = jobset["metadata"]["name"]
+  assert env["JAX_COORDINATOR_ADDRESS"].startswith(f"{name}-{rjob['name']}-0-0.{name}:")
+  assert job["completionMode"] == "Indexed" and jobset["spec"]["network"]["enableDNSHostnames"]
+  assert int(env["JAX_NUM_PROCESSES"]) == job["parallelism"] == job["completions"]
+  p = cluster.plan(env={**env, "JOB_COMPLETION_INDEX": "1"})
+  assert p.kwargs["process_id"] == 1 and p.kwargs["num_processes"] == job["parallelism"]
