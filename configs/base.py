@@ -150,4 +150,11 @@ def get_config(arg=None):
   # Folder of JAX's persistent compilation cache: reruns and resumed runs read their compiled steps from
   # it instead of compiling again ('' = off; a gs:// URL works for pods).
   config.train.compilation_cache = "~/.cache/jaxcxr/xla"
+
+  config.parallel = ml_collections.ConfigDict()
+  # How the step runs over the 1-D 'data' mesh of every device: 'jit' (one jitted step on the sharded
+  # global batch; XLA inserts the gradient all-reduce and global BatchNorm statistics) or 'shard_map' (an
+  # explicit per-device step: gradients averaged with jax.lax.pmean, BatchNorm statistics synchronised
+  # over 'data'). Both give the same parameters up to float rounding; 'jit' is the default.
+  config.parallel.mode = "jit"
   return config

@@ -7,14 +7,12 @@ Rerunning the same command in the same workdir resumes from its latest checkpoin
 written to WORKDIR/report/ (report.json, report.md, roc.png, pr.png).
 """
 
-import os
-
 from absl import app
 from absl import flags
-import jax
 from ml_collections import config_flags
 
 from jaxcxr import cli
+from jaxcxr import cluster
 from jaxcxr import train
 from jaxcxr.data import nih
 from jaxcxr.models import weights
@@ -25,7 +23,8 @@ config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with an arm: configs/hernia.py:focal. Override fields with "
     "--config.FIELD=VALUE (e.g. --config.train.num_steps=100).", lock_config=True)
 flags.DEFINE_string("coordinator_address", None, "Multi-process runs: HOST:PORT of process 0. Not needed under "
-                    "SLURM, on Cloud TPU pods or with JAX_COORDINATOR_ADDRESS set (detected automatically).")
+                    "SLURM (srun), Open MPI, on Cloud TPU VMs or with JAX_COORDINATOR_ADDRESS, "
+                    "JAX_NUM_PROCESSES and JAX_PROCESS_ID set: those are detected (see launch/).")
 flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many processes take part.")
 flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index, 0 .. num_processes - 1.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -33,18 +32,16 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def _init_distributed():
   """Joins a multi-process run before any other JAX call: explicit flags, or a detected cluster."""
-  if FLAGS.coordinator_address:
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  elif (int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "JAX_COORDINATOR_ADDRESS" in os.environ
-        or ("," in os.environ.get("TPU_WORKER_HOSTNAMES", ""))):
-    jax.distributed.initialize()  # Reads the cluster's environment.
+  cluster.initialize(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
+                     process_id=FLAGS.process_id)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   cli.setup_logging()
-  _init_distributed()
+  with cli.user_errors("jaxcxr", cluster.ClusterError):
+    _init_distributed()
   cli.enable_compilation_cache(FLAGS.config.train.compilation_cache)
   with cli.user_errors("jaxcxr", nih.DataError, train.NonFiniteLossError, weights.WeightImportError):
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

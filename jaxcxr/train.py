@@ -2,7 +2,8 @@
 
 One jitted `train_step` runs data-parallel over every device: the batch is sharded along the mesh axis
 'data', the train state is replicated, and XLA inserts the gradient all-reduce (and computes BatchNorm
-statistics over the global batch).
+statistics over the global batch). With parallel.mode='shard_map' the same `train_step` runs per device
+under `jax.shard_map` instead, with explicit collectives (see `shard_map_steps`).
 """
 
 import functools
@@ -70,7 +71,8 @@ def create_model(config, *, prevalence=None):
   elif config.model.head_bias != "zero":
     raise ValueError(f"model.head_bias must be 'prior' or 'zero', got {config.model.head_bias!r}.")
   return models.get_model(config.model.name, num_classes=len(nih.CLASSES),
-                          dtype=compute_dtype(config.model.dtype), head_bias_init=bias)
+                          dtype=compute_dtype(config.model.dtype), head_bias_init=bias,
+                          bn_axis_name="data" if parallel_mode(config) == "shard_map" else None)
 
 
 def _plateau_scale(config):
@@ -203,6 +205,63 @@ def jit_steps(mesh, loss_fn, *, augment_fn=None, augment_seed=0):
   return train, evaluate
 
 
+def shard_map_steps(mesh, loss_fn, *, augment_fn=None, augment_seed=0):
+  """The (train_step, eval_step) of parallel.mode='shard_map': explicit per-device programs.
+
+  Each device runs `train_step` on its shard of the batch with the replicated state. The gradients are
+  averaged with `jax.lax.pmean` over 'data' just before the optimiser sees them (by wrapping the state's
+  optimiser for the duration of the step, so `train_step` itself is shared with the jit mode), the
+  metrics are pmean'd too, and BatchNorm averages its statistics over 'data' (the model is built with
+  `bn_axis_name='data'`, see `create_model`). Every shard holds batch_size / devices images, so the mean
+  of per-device means is the global mean and the step equals the jit mode's up to float rounding.
+  `check_vma=False` gives pmap's semantics: gradients of the replicated parameters are per-device until
+  the explicit pmean. The state stays replicated and is donated; eval gathers the probabilities.
+  Augmentation (train step only) folds the device's index into the step's key, so shards draw apart.
+  """
+  data, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+
+  def per_device_augment(key, images, labels):
+    return augment_fn(jax.random.fold_in(key, jax.lax.axis_index("data")), images, labels)
+
+  def per_device_train(state, batch):
+    tx, synced = state.tx, {}
+
+    def update(grads, opt_state, params=None, **extra):
+      grads, extra = jax.lax.pmean((grads, extra), "data")
+      synced["grad_norm"] = optax.tree.norm(grads)
+      return tx.update(grads, opt_state, params, **extra)
+
+    state, metrics = train_step(state.replace(tx=optax.GradientTransformationExtraArgs(tx.init, update)),
+                                batch, loss_fn=loss_fn,
+                                augment_fn=per_device_augment if augment_fn is not None else None,
+                                augment_seed=augment_seed)
+    metrics = jax.lax.pmean(metrics, "data")
+    # The norm of the averaged gradients (traced in this same step), not the mean of per-device norms.
+    metrics["grad_norm"] = synced["grad_norm"]
+    return state.replace(tx=tx), metrics
+
+  def per_device_eval(state, batch):
+    return jax.lax.all_gather(eval_step(state, batch), "data", tiled=True)
+
+  shard = functools.partial(jax.shard_map, mesh=mesh, in_specs=(P(), P("data")), check_vma=False)
+  train = jax.jit(shard(per_device_train, out_specs=(P(), P())), in_shardings=(replicated, data),
+                  out_shardings=(replicated, replicated), donate_argnums=0)
+  evaluate = jax.jit(shard(per_device_eval, out_specs=P()), in_shardings=(replicated, data),
+                     out_shardings=replicated)
+  return train, evaluate
+
+
+PARALLEL_MODES = {"jit": jit_steps, "shard_map": shard_map_steps}
+
+
+def parallel_mode(config):
+  """config.parallel.mode, checked; 'jit' for configs saved before the field existed."""
+  mode = config.parallel.mode if "parallel" in config else "jit"
+  if mode not in PARALLEL_MODES:
+    raise ValueError(f"parallel.mode must be one of {sorted(PARALLEL_MODES)}, got {mode!r}.")
+  return mode
+
+
 class Trainer:
   """Holds what the loop needs: mesh, shardings, jitted steps, data and checkpoints."""
 
@@ -237,8 +296,8 @@ class Trainer:
 
     # The two jitted steps, each compiled once.
     self.augment_fn = augment.make_augment_fn(config)
-    self.train_step, self.eval_step = jit_steps(self.mesh, loss_fn, augment_fn=self.augment_fn,
-                                                augment_seed=config.seed)
+    self.train_step, self.eval_step = PARALLEL_MODES[parallel_mode(config)](
+        self.mesh, loss_fn, augment_fn=self.augment_fn, augment_seed=config.seed)
     # Reduce-on-plateau bookkeeping (train.schedule='plateau'), fed each validation loss.
     self.observe_validation_loss = jax.jit(functools.partial(observe_validation_loss, config),
                                            out_shardings=self.replicated, donate_argnums=0)

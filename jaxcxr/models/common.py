@@ -10,14 +10,16 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
-def layers(*, dtype, train):
+def layers(*, dtype, train, bn_axis_name=None):
   """(conv, norm) factories: bias-free convolutions; BatchNorm with PyTorch's momentum and epsilon.
 
-  Under jit with a batch-sharded input, XLA computes the batch statistics over the global batch.
+  Under jit with a batch-sharded input, XLA computes the batch statistics over the global batch. Inside
+  shard_map each device sees only its shard: `bn_axis_name` (the mesh axis, 'data') makes BatchNorm
+  average its training statistics over that axis. Parameters and their names do not depend on it.
   """
   conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype)
   norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                           dtype=dtype)
+                           dtype=dtype, axis_name=bn_axis_name)
   return conv, norm
 
 

@@ -81,6 +81,7 @@ class DenseNet(nn.Module):
     num_init_features: channels of the stem convolution.
     dtype: compute dtype (bfloat16 on GPU/TPU, float32 on CPU); parameters stay float32.
     head_bias_init: optional (num_classes,) initial head bias, e.g. each class's log prior odds.
+    bn_axis_name: mesh axis BatchNorm averages its statistics over inside shard_map (None under jit).
   """
   block_config: Sequence[int]
   num_classes: int
@@ -89,10 +90,11 @@ class DenseNet(nn.Module):
   num_init_features: int = 64
   dtype: Any = jnp.float32
   head_bias_init: Any = None
+  bn_axis_name: Any = None
 
   @nn.compact
   def __call__(self, x, *, train: bool, features: bool = False):
-    conv, norm = common.layers(dtype=self.dtype, train=train)
+    conv, norm = common.layers(dtype=self.dtype, train=train, bn_axis_name=self.bn_axis_name)
     x = common.stem(x, features=self.num_init_features, conv=conv, norm=norm, dtype=self.dtype)
     channels = self.num_init_features
     for i, num_layers in enumerate(self.block_config):

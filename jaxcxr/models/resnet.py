@@ -67,6 +67,7 @@ class ResNet(nn.Module):
     dtype: compute dtype (bfloat16 on GPU/TPU, float32 on CPU); parameters stay float32.
     head_bias_init: optional (num_classes,) initial head bias, e.g. each class's log prior odds so that
       rare classes start calibrated instead of at p = 0.5.
+    bn_axis_name: mesh axis BatchNorm averages its statistics over inside shard_map (None under jit).
   """
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
@@ -74,10 +75,11 @@ class ResNet(nn.Module):
   num_filters: int = 64
   dtype: Any = jnp.float32
   head_bias_init: Any = None
+  bn_axis_name: Any = None
 
   @nn.compact
   def __call__(self, x, *, train: bool, features: bool = False):
-    conv, norm = common.layers(dtype=self.dtype, train=train)
+    conv, norm = common.layers(dtype=self.dtype, train=train, bn_axis_name=self.bn_axis_name)
     x = common.stem(x, features=self.num_filters, conv=conv, norm=norm, dtype=self.dtype)
     for i, block_size in enumerate(self.stage_sizes):
       for j in range(block_size):
