@@ -172,9 +172,9 @@ def synthetic_split(config, num_images):
 def _prepared_dir(config):
   """The folder of the config's prepared images if it holds a complete array, else None."""
   from jaxcxr.data import datasets  # pylint: disable=g-import-not-at-top
-  d = os.path.join(datasets.data_dir(config), "jaxcxr_prepared")
-  if os.path.isdir(d) and any(f.startswith(f"{config.data.image_size}px-") and f.endswith(".json")
-                              for f in os.listdir(d)):
+  d = os.path.join(datasets.data_dir(config), datasets.PREPARED)
+  if os.path.isdir(d) and any(f.startswith(f"{config.data.image_size}px-")
+                              and os.path.exists(os.path.join(d, f, datasets.INDEX)) for f in os.listdir(d)):
     return d
   return None
 
