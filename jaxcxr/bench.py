@@ -14,7 +14,7 @@ Parts (--parts, comma-separated):
   loader   images/s of the Grain training loader alone (the config's prepared data if present, else a
            synthetic in-memory split of the same image size, which the table says);
   e2e      loader + host->device transfer + step, one batch prefetched to the device, as the trainer runs.
-  peer     (with --peer=torchvision, when PyTorch and torchvision import) torchvision's model of the same
+  peer     (with --peer=torchvision, when PyTorch and torchvision are installed) torchvision's model of the same
            name in PyTorch on the same kind of device, batch, resolution, one input channel and precision
            (CUDA: bf16 autocast + channels_last; CPU: float32), BCE-with-logits and AdamW; ratio jaxcxr/torch.
 Subprocess parts (compile, peer) run before this process touches the accelerator, so each gets the whole
