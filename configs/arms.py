@@ -3,7 +3,7 @@
 Each arm changes only how imbalance is handled; everything else comes from the config that applies it.
 """
 
-ARMS = ("baseline", "weighted", "focal")
+ARMS = ("baseline", "weighted", "focal", "smote", "smote_hybrid")
 
 
 def apply_arm(config, arm):
@@ -17,6 +17,14 @@ def apply_arm(config, arm):
     config.loss.name = "focal"
     config.loss.gamma = 2.0
     config.loss.alpha = -1.0
+  elif arm == "smote":  # Plain-BCE backbone, then SMOTE on its training embeddings and a new BCE head.
+    config.loss.name = "bce"
+    config.smote.method = "smote"
+  elif arm == "smote_hybrid":  # Plain-BCE backbone; augmented target views, SMOTE, then a focal head.
+    config.loss.name = "bce"
+    config.smote.method = "smote"
+    config.smote.views = 4
+    config.smote.loss = "focal"
   else:
     raise ValueError(f"Unknown arm {arm!r}; choose one of {', '.join(ARMS)}.")
   config.arm = arm
