@@ -13,6 +13,7 @@ other work on a shared machine slows the run.
 import argparse
 import os
 import resource
+import sys
 import time
 
 import numpy as np
@@ -51,6 +52,7 @@ def main():
   args = parser.parse_args()
 
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # This checkout's jaxcxr.
   from configs import base  # pylint: disable=g-import-not-at-top
   from jaxcxr import smote  # pylint: disable=g-import-not-at-top
   from jaxcxr.data import nih  # pylint: disable=g-import-not-at-top

@@ -82,9 +82,10 @@ def views_step(state, batch, key, *, augment_fn):
   return features_step(state, {"image": images})
 
 
-def _jit(trainer, fn, num_args=1):
+def _jit(trainer, fn, *, extra_args=0):
+  """jit of fn(state, batch, *extra): batch sharded over 'data', state and extras replicated."""
   data = trainer.data_sharding
-  return jax.jit(fn, in_shardings=(trainer.replicated, data) + (trainer.replicated,) * (num_args - 1),
+  return jax.jit(fn, in_shardings=(trainer.replicated, data) + (trainer.replicated,) * extra_args,
                  out_shardings=(trainer.replicated, trainer.replicated))
 
 
@@ -167,7 +168,7 @@ def compute(trainer: train.Trainer, state, *, views: int = 0, seed: int = 0,
     split = trainer.splits["train"]
     rows = np.flatnonzero(split.meta.labels[:, trainer.target] > 0)
     augment_fn = make_augment_fn(trainer.config, views=views)
-    vstep = _jit(trainer, functools.partial(views_step, augment_fn=augment_fn), num_args=3)
+    vstep = _jit(trainer, functools.partial(views_step, augment_fn=augment_fn), extra_args=1)
     parts = [out["train"]]
     base = jax.random.key(seed)
     for k in range(views):
