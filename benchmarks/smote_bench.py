@@ -63,8 +63,9 @@ def main():
       args.method, args.ratio, args.k_neighbors, args.head, args.steps, args.batch_size)
   features, labels = synthetic_embeddings(rows=args.rows, dim=args.dim, classes=nih.CLASSES, seed=0)
   rss_data = peak_rss_gib()
+  hernia = int(labels[:, nih.CLASSES.index("Hernia")].sum())
   print(f"{args.rows:,} x {args.dim:,} float32 embeddings ({features.nbytes / 2**30:.2f} GiB), "
-        f"{len(nih.CLASSES)} labels, Hernia {labels[:, -1].sum()} positives; {os.cpu_count()} CPUs, "
+        f"{len(nih.CLASSES)} labels, Hernia {hernia} positives; {os.cpu_count()} CPUs, "
         f"load average before {os.getloadavg()[0]:.1f}")
 
   t0 = time.perf_counter()

@@ -123,12 +123,16 @@ def _run(trainer, step_fn, batches, *, total, desc, progress):
 
 
 def split_rows(split: datasets.Split, features, probs, *, view=None) -> Embeddings:
-  n = len(features)
-  names = split.meta.names if view is None else np.asarray([f"{m}#view{view[1]}" for m in split.meta.names[view[0]]])
+  """Embeddings of `split`'s rows; with view=(rows, k), of view k of the images `rows`."""
   idx = slice(None) if view is None else view[0]
+  names = split.meta.names[idx]
+  if view is not None:
+    names = [f"{m}#view{view[1]}" for m in names]
   return Embeddings(features=np.asarray(features, np.float32), labels=split.meta.labels[idx].astype(np.uint8),
-                    image_ids=np.asarray(names).astype(str), patient_ids=split.meta.patients[idx].astype(np.int64),
-                    is_view=np.full(n, view is not None), backbone_probs=np.asarray(probs, np.float32))
+                    image_ids=np.asarray(names).astype(str),
+                    patient_ids=split.meta.patients[idx].astype(np.int64),
+                    is_view=np.full(len(features), view is not None),
+                    backbone_probs=np.asarray(probs, np.float32))
 
 
 def concat(parts) -> Embeddings:

@@ -202,7 +202,7 @@ def _fit_resample(method, features, y, *, k, ratio, seed):
   xs, ys = x_res[len(features):], y_res[len(features):]
   if not np.all(ys == 1):  # imbalanced-learn appends the new rows after the originals, all positive.
     raise RuntimeError(f"{method} returned rows that are not new positives.")
-  return np.asarray(xs, np.float32)
+  return np.array(xs, np.float32)  # A copy: a view would keep the whole resampled array alive.
 
 
 # ----------------------------------------------------------------------------
@@ -258,7 +258,8 @@ def train_head(features, labels, *, smote_config, loss_config, seed: int, progre
   std = np.sqrt(features.var(0, dtype=np.float64) + 1e-6).astype(np.float32)
   num_pos = labels.sum(0)
   loss_fn = losses.get_loss_fn(loss_config, num_pos=num_pos, num_total=n)
-  params = init_head(s.head, dim=dim, num_classes=labels.shape[1], hidden=s.hidden, prior=num_pos / n, seed=seed)
+  params = init_head(s.head, dim=dim, num_classes=labels.shape[1], hidden=s.hidden, prior=num_pos / n,
+                     seed=seed)
   schedule = optax.cosine_decay_schedule(s.learning_rate, s.steps)
   tx = optax.adamw(schedule, weight_decay=s.weight_decay,
                    mask=lambda p: jax.tree.map(lambda a: a.ndim > 1, p))
@@ -379,19 +380,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, embeddings: Optional
   params, mean, std, final_loss = train_head(res.features, res.labels, smote_config=s, loss_config=loss_config,
                                              seed=config.seed, progress=progress)
   # Thresholds on validation, report on test.
-  val_scores, test_scores = head_probs(params, mean, std, val.features), head_probs(params, mean, std, test.features)
+  val_scores = head_probs(params, mean, std, val.features)
+  test_scores = head_probs(params, mean, std, test.features)
   result = _scores_report(config, val=val, test=test, val_scores=val_scores, test_scores=test_scores)
   backbone = _scores_report(config, val=val, test=test, val_scores=val.backbone_probs,
                             test_scores=test.backbone_probs)
-  val_target = metrics_lib.evaluate_scores(labels=val.labels, scores=val_scores, classes=nih.CLASSES,
-                                           thresholds=np.full(len(nih.CLASSES), 0.5))["classes"][config.data.target]
   target = config.data.target
+  val_target = metrics_lib.evaluate_scores(labels=val.labels, scores=val_scores, classes=nih.CLASSES,
+                                           thresholds=np.full(len(nih.CLASSES), 0.5))["classes"][target]
   step = int(meta["checkpoint_step"])
   report = {
       "split": f"{config.data.split}/test", "checkpoint_step": step, "target": target, "arm": config.arm,
       "threshold_rule": config.train.threshold_rule, "num_images": len(test),
       "stage": "smote", "method": s.method, "k_neighbors": s.k_neighbors, "ratio": s.ratio, "head": s.head,
-      "head_loss": loss_config.name, "head_steps": s.steps, "head_final_loss": final_loss, "views": int(meta.get("views", 0)),
+      "head_loss": loss_config.name, "head_steps": s.steps, "head_final_loss": final_loss,
+      "views": int(meta.get("views", 0)),
       "train_rows": int(len(tr)), "train_views": int(tr.is_view.sum()),
       "synthetic_rows": int(res.is_synthetic.sum()), "resampling": res.log,
       **result,
