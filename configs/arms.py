@@ -6,7 +6,7 @@ The config string (after the colon) is a comma-separated list of tokens: at most
 config's modifiers, in any order, e.g. `configs/demo.py:quick,focal`; see `parse_config_string`.
 """
 
-ARMS = ("baseline", "weighted", "focal", "oversample", "hybrid")
+ARMS = ("baseline", "weighted", "focal", "oversample", "hybrid", "smote", "smote_hybrid")
 
 
 def apply_arm(config, arm):
@@ -31,6 +31,14 @@ def apply_arm(config, arm):
       config.loss.name = "focal"
       config.loss.gamma = 2.0
       config.loss.alpha = -1.0
+  elif arm == "smote":  # Plain-BCE backbone, then SMOTE on its training embeddings and a new BCE head.
+    config.loss.name = "bce"
+    config.smote.method = "smote"
+  elif arm == "smote_hybrid":  # Plain-BCE backbone; augmented target views, SMOTE, then a focal head.
+    config.loss.name = "bce"
+    config.smote.method = "smote"
+    config.smote.views = 4
+    config.smote.loss = "focal"
   else:
     raise ValueError(f"Unknown arm {arm!r}; choose one of {', '.join(ARMS)}.")
   config.arm = arm

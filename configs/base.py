@@ -157,4 +157,34 @@ def get_config(arg=None):
   # explicit per-device step: gradients averaged with jax.lax.pmean, BatchNorm statistics synchronised
   # over 'data'). Both give the same parameters up to float rounding; 'jit' is the default.
   config.parallel.mode = "jit"
+
+  config.smote = ml_collections.ConfigDict()
+  # Feature-space resampling after training (jaxcxr.smote): 'none' (no SMOTE stage after training),
+  # 'random' (duplication), 'smote', 'borderline1', 'borderline2', 'adasyn' (imbalanced-learn). Fitted on
+  # the training embeddings only, one label at a time (one-vs-rest).
+  config.smote.method = "none"
+  # Neighbours among a label's positives that SMOTE interpolates towards (ADASYN: its n_neighbors). A
+  # label with fewer positives than this + 1 gets k = positives - 1 (duplication when it has one).
+  config.smote.k_neighbors = 5
+  # Desired positives / negatives of each label after resampling; labels already above it are left alone.
+  config.smote.ratio = 0.1
+  # Head trained on the (resampled) embeddings: 'linear' (written back into the model's own head) or
+  # 'mlp' (one hidden ReLU layer; reported on embeddings only, it cannot be written into the model).
+  config.smote.head = "linear"
+  # Hidden units of the 'mlp' head.
+  config.smote.hidden = 256
+  # Loss of the head: '' = the config's loss (loss.name and its fields), else a loss.name such as 'focal'
+  # (which then takes its other fields, e.g. loss.gamma, from config.loss).
+  config.smote.loss = ""
+  # Optimiser steps, peak learning rate (AdamW, cosine decay) and batch size of the head's training.
+  config.smote.steps = 2000
+  config.smote.learning_rate = 1e-3
+  config.smote.batch_size = 512
+  # AdamW weight decay of the head's kernels.
+  config.smote.weight_decay = 1e-4
+  # Augmented views (K) of each training image that carries data.target, added to the training
+  # embeddings before resampling (augment first, then SMOTE); 0 = none. Needs jaxcxr.data.augment.
+  config.smote.views = 0
+  # Checkpoint of the training run the embeddings come from: 'best', 'latest' or a step number.
+  config.smote.checkpoint = "best"
   return config

@@ -13,6 +13,8 @@ from ml_collections import config_flags
 
 from jaxcxr import cli
 from jaxcxr import cluster
+from jaxcxr import embeddings
+from jaxcxr import smote
 from jaxcxr import train
 from jaxcxr.data import nih
 from jaxcxr.models import weights
@@ -43,7 +45,8 @@ def main(argv):
   with cli.user_errors("jaxcxr", cluster.ClusterError):
     _init_distributed()
   cli.enable_compilation_cache(FLAGS.config.train.compilation_cache)
-  with cli.user_errors("jaxcxr", nih.DataError, train.NonFiniteLossError, weights.WeightImportError):
+  with cli.user_errors("jaxcxr", nih.DataError, train.NonFiniteLossError, weights.WeightImportError,
+                       smote.SmoteError, embeddings.EmbeddingsError):
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

@@ -392,6 +392,10 @@ def _log_start(config, workdir):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming from the latest checkpoint in `workdir` if any), then writes the test report."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
+  run_smote = "smote" in config and config.smote.method != "none"
+  if run_smote:  # A bad smote block fails before training, not after it.
+    from jaxcxr import smote  # pylint: disable=g-import-not-at-top  (smote imports this module)
+    smote.check_config(config, check_augment=True)
   # Data first, so that missing data fails before anything else. Process 0 generates or prepares it
   # once; the others wait for it, then read.
   if jax.process_index() == 0:
@@ -469,7 +473,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   bar.close()
   trainer.ckpt.wait_until_finished()
   writer.close()
-  return write_test_report(trainer)
+  report = write_test_report(trainer)
+  if run_smote:  # Feature-space SMOTE on the best checkpoint's embeddings: WORKDIR/embeddings, WORKDIR/smote.
+    from jaxcxr import embeddings  # pylint: disable=g-import-not-at-top
+    embedded, meta = embeddings.export(config, workdir, checkpoint=config.smote.checkpoint, trainer=trainer)
+    report = smote.run(config, workdir, embeddings=embedded, meta=meta, trainer=trainer)
+  return report
 
 
 def write_test_report(trainer: Trainer) -> dict:

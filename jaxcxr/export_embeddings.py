@@ -1,0 +1,55 @@
+"""Exports the pooled penultimate features of every train, val and test image from a run's checkpoint.
+
+  python -m jaxcxr.export_embeddings --config=configs/demo.py:smote --workdir=/tmp/demo_smote
+  python -m jaxcxr.export_embeddings --workdir=/tmp/hernia --checkpoint=latest --views=4
+
+Without --config, the config the run was trained with (WORKDIR/config.json) is used. The checkpoint
+(`best` by validation AUPRC of the target class, `latest`, or a step number) is restored and every image
+is embedded in batches sharded over all devices. `--views=K` (default: the config's smote.views) adds K
+augmented views of each training image that carries data.target (jaxcxr.data.augment), marked as views.
+Output: WORKDIR/embeddings/{train,val,test}.npz and meta.json; each .npz loads with
+np.load(path, allow_pickle=False) and holds features (N, D) float32, labels (N, 14) uint8, image_ids,
+patient_ids, is_view and backbone_probs (the model's own probabilities). See jaxcxr/embeddings.py.
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from jaxcxr import cli
+from jaxcxr import embeddings
+from jaxcxr import evaluate
+from jaxcxr.data import nih
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  flags.DEFINE_string("workdir", None, "The training run's folder (holding checkpoints/ and config.json).")
+  config_flags.DEFINE_config_file(
+      "config", None, "The run's config file and arm, with the overrides it was trained with "
+      "(e.g. configs/demo.py:smote). Default: WORKDIR/config.json.", lock_config=True)
+  flags.DEFINE_string("checkpoint", None, "'best' (validation AUPRC of the target), 'latest' or a step "
+                      "number. Default: the config's smote.checkpoint ('best').")
+  flags.DEFINE_integer("views", None, "Augmented views per training image with the target finding "
+                       "(default: the config's smote.views; 0 = none).")
+  flags.DEFINE_string("out_dir", None, "Output folder (default: WORKDIR/embeddings).")
+  flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  cli.setup_logging()
+  with cli.user_errors("jaxcxr.export_embeddings", nih.DataError, evaluate.EvaluationError,
+                       embeddings.EmbeddingsError):
+    config = FLAGS.config if FLAGS.config is not None else evaluate.load_workdir_config(FLAGS.workdir)
+    smote_cfg = config.get("smote")
+    checkpoint = FLAGS.checkpoint or (smote_cfg.checkpoint if smote_cfg else "best")
+    views = FLAGS.views if FLAGS.views is not None else (smote_cfg.views if smote_cfg else 0)
+    embeddings.export(config, FLAGS.workdir, checkpoint=checkpoint, views=views, out_dir=FLAGS.out_dir)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
