@@ -16,7 +16,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_every_arm_loads_with_its_loss(module, arm):
   config = module.get_config(arm)
   assert config.arm == arm
-  assert config.loss.name == {"baseline": "bce", "weighted": "weighted_bce", "focal": "focal"}[arm]
+  expected = {  # arm: (backbone loss, sampling plan, training augments, SMOTE method)
+      "baseline": ("bce", "none", False, "none"), "weighted": ("weighted_bce", "none", False, "none"),
+      "focal": ("focal", "none", False, "none"), "oversample": ("bce", "target_ratio", True, "none"),
+      "hybrid": ("focal", "target_ratio", True, "none"), "smote": ("bce", "none", False, "smote"),
+      "smote_hybrid": ("bce", "none", False, "smote")}[arm]
+  assert (config.loss.name, config.data.sampling.name, config.data.augment.enabled,
+          config.smote.method) == expected
+  if arm == "smote_hybrid":  # Augmented views of the target's images, then a focal head.
+    assert config.smote.views > 0 and config.smote.loss == "focal"
   with pytest.raises(AttributeError):
     config.train.learnig_rate = 1.0  # Locked: a misspelt field is an error.
 
