@@ -28,7 +28,8 @@ def _damaged_copy(tiny_data_dir, tmp_path, *, missing=True):
   Returns (data_dir, {kind: image name}, {name: expected (32, 32) uint8 pixels}).
   """
   d = str(tmp_path / "data")
-  shutil.copytree(tiny_data_dir, d)
+  # The raw data only: other tests may already have prepared the shared tiny set in place.
+  shutil.copytree(tiny_data_dir, d, ignore=shutil.ignore_patterns(datasets.PREPARED))
   names = _names(d)
   kinds = ["corrupt", "truncated", "empty", "missing", "rgba", "rgb", "sixteen"]
   picked = dict(zip(kinds, names[5:5 + len(kinds)]))
