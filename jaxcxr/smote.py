@@ -11,11 +11,13 @@ Without --config, WORKDIR/config.json is used; override fields with --config.smo
    fitted on the TRAINING embeddings only (validation and test never reach it), one label at a time:
    imbalanced-learn rejects multi-label targets, so for each label whose positives / negatives is below
    `smote.ratio`, X is resampled against that label's 0/1 column up to that ratio and the new positive
-   rows are kept. A synthetic row's other 13 labels are copied from its nearest real positive of that
-   label (its own label is 1): SMOTE's points lie between two such neighbours, whose findings it most
-   likely shares; setting the other labels to 0 would teach the head that they are absent. A label with
-   too few positives for `smote.k_neighbors` is resampled with k = positives - 1, by duplication when it
-   has a single positive, and skipped when it has none; each case is logged.
+   rows are kept ('random' and 'smote', which draw from the positives alone, are handed only the
+   positives and 1,000 negatives with the same count to make: the same points, far less copying). A
+   synthetic row's other 13 labels are copied from its nearest real positive of that label (its own
+   label is 1): SMOTE's points lie between two such neighbours, whose findings it most likely shares;
+   setting the other labels to 0 would teach the head that they are absent. A label with too few
+   positives for `smote.k_neighbors` is resampled with k = positives - 1, by duplication when it has a
+   single positive, and skipped when it has none; each case is logged.
 2. A new head ('linear' or 'mlp') is trained with optax on the resampled features (standardised with
    their mean and deviation) with the configured loss (`smote.loss`, default `loss.name`).
 3. Thresholds are chosen on the validation embeddings (`train.threshold_rule`) and the test split is
