@@ -11,11 +11,13 @@ Without --config, WORKDIR/config.json is used; override fields with --config.smo
    fitted on the TRAINING embeddings only (validation and test never reach it), one label at a time:
    imbalanced-learn rejects multi-label targets, so for each label whose positives / negatives is below
    `smote.ratio`, X is resampled against that label's 0/1 column up to that ratio and the new positive
-   rows are kept. A synthetic row's other 13 labels are copied from its nearest real positive of that
-   label (its own label is 1): SMOTE's points lie between two such neighbours, whose findings it most
-   likely shares; setting the other labels to 0 would teach the head that they are absent. A label with
-   too few positives for `smote.k_neighbors` is resampled with k = positives - 1, by duplication when it
-   has a single positive, and skipped when it has none; each case is logged.
+   rows are kept ('random' and 'smote', which draw from the positives alone, are handed only the
+   positives and 1,000 negatives with the same count to make: the same points, far less copying). A
+   synthetic row's other 13 labels are copied from its nearest real positive of that label (its own
+   label is 1): SMOTE's points lie between two such neighbours, whose findings it most likely shares;
+   setting the other labels to 0 would teach the head that they are absent. A label with too few
+   positives for `smote.k_neighbors` is resampled with k = positives - 1, by duplication when it has a
+   single positive, and skipped when it has none; each case is logged.
 2. A new head ('linear' or 'mlp') is trained with optax on the resampled features (standardised with
    their mean and deviation) with the configured loss (`smote.loss`, default `loss.name`).
 3. Thresholds are chosen on the validation embeddings (`train.threshold_rule`) and the test split is
@@ -86,8 +88,9 @@ def check_config(config: ml_collections.ConfigDict, *, check_augment: bool = Fal
 # ----------------------------------------------------------------------------
 
 
-def make_resampler(method: str, *, k_neighbors: int, ratio: float, seed: int):
-  """The imbalanced-learn over-sampler of `method` for one binary problem."""
+def make_resampler(method: str, *, k_neighbors: int, ratio, seed: int):
+  """The imbalanced-learn over-sampler of `method` for one binary problem; `ratio` is its sampling_strategy:
+  positives / negatives after resampling, or {1: number of positives after resampling}."""
   common = dict(sampling_strategy=ratio, random_state=seed)
   if method == "random":
     return imblearn.over_sampling.RandomOverSampler(**common)
@@ -111,9 +114,20 @@ class Resampled:
   log: list  # One dict per class: what was done and why.
 
 
+# Methods whose synthetic points depend only on the minority rows and the random state.
+MINORITY_ONLY = ("random", "smote")
+
+
 def resample(features, labels, *, method: str, k_neighbors: int, ratio: float, seed: int,
-             classes=nih.CLASSES, progress: bool = False) -> Resampled:
+             classes=nih.CLASSES, progress: bool = False, negatives_kept: int = 1000) -> Resampled:
   """One-vs-rest resampling of training rows (see the module docstring).
+
+  For 'random' and 'smote' (MINORITY_ONLY), whose new points are drawn from the positives alone,
+  imbalanced-learn is handed a label's positives and only its first `negatives_kept` negatives (it needs
+  both classes), with the number of positives the full rows would give (int(ratio * negatives) more) as
+  an explicit sampling_strategy: the points are the same as with all N rows, without imbalanced-learn's
+  two copies of the whole (N, D) array per label. 'borderline1', 'borderline2' and 'adasyn' look at the
+  negatives around each positive and always get all the rows.
 
   Args:
     features: (N, D) float32 training features (and only those).
@@ -124,6 +138,8 @@ def resample(features, labels, *, method: str, k_neighbors: int, ratio: float, s
     seed: random state of the resamplers (label c uses seed + c).
     classes: the C class names, for the log.
     progress: show a progress bar over the labels.
+    negatives_kept: negatives handed to imbalanced-learn with the positives for MINORITY_ONLY methods (all
+      rows when a label has no more negatives than this).
 
   Returns:
     Resampled, real rows first.
@@ -161,8 +177,11 @@ def resample(features, labels, *, method: str, k_neighbors: int, ratio: float, s
         note = f"1 positive is too few for {method}: random duplication instead"
       logging.warning("SMOTE: %s: %s.", classes[c], note)
       entry.update(note=note, method=used, k_neighbors=k)
+    n_new = int(ratio * n_neg - n_pos)
+    pick = functools.partial(_resample_label, features, y, k=k, ratio=ratio, n_new=n_new, seed=seed + c,
+                             negatives_kept=negatives_kept)
     try:
-      xs = _fit_resample(used, features, y, k=k, ratio=ratio, seed=seed + c)
+      xs = pick(used)
     except (RuntimeError, ValueError) as e:
       if used not in ("adasyn", "borderline1", "borderline2"):
         raise
@@ -171,7 +190,7 @@ def resample(features, labels, *, method: str, k_neighbors: int, ratio: float, s
       logging.warning("SMOTE: %s: %s.", classes[c], note)
       used = "smote"
       entry.update(note=note, method=used)
-      xs = _fit_resample(used, features, y, k=k, ratio=ratio, seed=seed + c)
+      xs = pick(used)
     if len(xs) == 0:
       entry.setdefault("note", f"{used} generated no points")
       logging.warning("SMOTE: %s: %s.", classes[c], entry["note"])
@@ -194,6 +213,19 @@ def resample(features, labels, *, method: str, k_neighbors: int, ratio: float, s
       is_synthetic=np.concatenate([np.zeros(n, bool), np.ones(num_new, bool)]),
       origin_class=np.concatenate([np.full(n, -1, np.int64), *new_c]),
       log=log)
+
+
+def _resample_label(features, y, method, *, k, ratio, n_new, seed, negatives_kept):
+  """The synthetic positives for the binary target `y`: from the positives and a few negatives for
+  MINORITY_ONLY methods with more than `negatives_kept` negatives (see `resample`), else from all rows."""
+  neg = np.flatnonzero(y == 0)
+  if method not in MINORITY_ONLY or len(neg) <= negatives_kept:
+    return _fit_resample(method, features, y, k=k, ratio=ratio, seed=seed)
+  # Sorted rows keep the positives in their order, so the neighbours and random draws are those of the
+  # full-rows call; the explicit count replaces the ratio, which would be taken of the kept negatives.
+  rows = np.sort(np.concatenate([np.flatnonzero(y == 1), neg[:negatives_kept]]))
+  n_pos = len(rows) - negatives_kept
+  return _fit_resample(method, features[rows], y[rows], k=k, ratio={1: n_pos + n_new}, seed=seed)
 
 
 def _fit_resample(method, features, y, *, k, ratio, seed):
@@ -230,32 +262,53 @@ def apply_head(params, x):
   return x @ params["kernel"] + params["bias"]
 
 
-def _train_chunk(params, opt_state, xb, yb, *, tx, loss_fn):
-  """Optimiser steps over the batches xb (S, B, D), yb (S, B, C); returns the mean loss per step."""
-  def step(carry, batch):
+def _train_chunk(params, opt_state, features, labels, mean, std, key, first, *, tx, loss_fn, steps,
+                 batch_size):
+  """`steps` optimiser steps from step `first`; each draws `batch_size` rows of the device arrays features
+  (N, D) and labels (N, C) uniformly with replacement (key folded with the step number) and standardises
+  them with mean / std. Returns the mean loss per step too."""
+  def step(carry, i):
     params, opt_state = carry
+    idx = jax.random.randint(jax.random.fold_in(key, i), (batch_size,), 0, features.shape[0])
+    x = (features[idx] - mean) / std
+    y = labels[idx]
     def loss(p):
-      return loss_fn(apply_head(p, batch[0]), batch[1]).mean()
+      return loss_fn(apply_head(p, x), y).mean()
     value, grads = jax.value_and_grad(loss)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), value
-  (params, opt_state), values = jax.lax.scan(step, (params, opt_state), (xb, yb))
+  (params, opt_state), values = jax.lax.scan(step, (params, opt_state), first + jnp.arange(steps))
   return params, opt_state, values
 
 
+def feature_moments(features, *, chunk: int = 8192):
+  """Mean and standard deviation (+1e-6 variance) per column in float64, a block of rows at a time (no
+  float64 copy of the whole array); returned as float32."""
+  n, dim = features.shape
+  total = np.zeros(dim, np.float64)
+  for i in range(0, n, chunk):
+    total += features[i:i + chunk].sum(0, dtype=np.float64)
+  mean = total / max(n, 1)
+  squares = np.zeros(dim, np.float64)
+  for i in range(0, n, chunk):
+    d = features[i:i + chunk] - mean
+    squares += np.einsum("ij,ij->j", d, d)
+  return mean.astype(np.float32), np.sqrt(squares / max(n, 1) + 1e-6).astype(np.float32)
+
+
 def train_head(features, labels, *, smote_config, loss_config, seed: int, progress: bool = True,
-               chunk: int = 25):
+               chunk: int = 100):
   """Trains a head on (resampled) training rows; returns (params, mean, std, final loss).
 
-  Features are standardised with `mean`/`std` (of the rows given); batches are drawn uniformly with
-  replacement on the host, `chunk` steps at a time, so the rows are never copied to the device whole.
+  Features are standardised with `mean`/`std` (of the rows given). The rows are put on the device once;
+  each step draws its batch there, uniformly with replacement from a key of `seed`, inside the jitted
+  scan over `chunk` steps, so no batch is copied from the host and the result depends only on the seed.
   """
   s = smote_config
   features = np.asarray(features, np.float32)
   labels = np.asarray(labels, np.float32)
   n, dim = features.shape
-  mean = features.mean(0, dtype=np.float64).astype(np.float32)
-  std = np.sqrt(features.var(0, dtype=np.float64) + 1e-6).astype(np.float32)
+  mean, std = feature_moments(features)
   num_pos = labels.sum(0)
   loss_fn = losses.get_loss_fn(loss_config, num_pos=num_pos, num_total=n)
   params = init_head(s.head, dim=dim, num_classes=labels.shape[1], hidden=s.hidden, prior=num_pos / n,
@@ -264,17 +317,16 @@ def train_head(features, labels, *, smote_config, loss_config, seed: int, progre
   tx = optax.adamw(schedule, weight_decay=s.weight_decay,
                    mask=lambda p: jax.tree.map(lambda a: a.ndim > 1, p))
   opt_state = tx.init(params)
-  run = jax.jit(functools.partial(_train_chunk, tx=tx, loss_fn=loss_fn), donate_argnums=(0, 1))
-  rng = np.random.default_rng(seed)
+  run = jax.jit(functools.partial(_train_chunk, tx=tx, loss_fn=loss_fn, batch_size=s.batch_size),
+                static_argnames=("steps",), donate_argnums=(0, 1))
+  on_device = jax.device_put((features, labels, mean, std))
+  key = jax.random.fold_in(jax.random.key(seed), 1)  # init_head's MLP uses key(seed) itself.
   done, last = 0, float("nan")
   bar = tqdm.tqdm(total=s.steps, desc=f"train {s.head} head", unit="step",
                   disable=not progress or jax.process_index() != 0, dynamic_ncols=True)
   while done < s.steps:
     m = min(chunk, s.steps - done)
-    idx = rng.integers(0, n, size=(m, s.batch_size))
-    xb = (features[idx.ravel()] - mean) / std
-    xb = xb.reshape(m, s.batch_size, dim)
-    params, opt_state, values = run(params, opt_state, xb, labels[idx])
+    params, opt_state, values = run(params, opt_state, *on_device, key, done, steps=m)
     done += m
     bar.update(m)
     last = float(values[-1])

@@ -4,6 +4,7 @@ end to end, and the written-back model scoring images as the head scored embeddi
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -59,6 +60,66 @@ def test_synthetic_points_lie_on_segments_between_minority_neighbours(method):
     d = ((res.features[syn][:, None] - x[real_pos][None]) ** 2).sum(-1)
     assert np.array_equal(res.labels[syn], labels[real_pos[d.argmin(1)]] | np.eye(3, dtype=np.uint8)[c])
   assert checked > 20
+
+
+@pytest.mark.parametrize("method", ["smote", "random"])
+def test_few_negatives_give_the_points_of_the_full_rows(method, monkeypatch):
+  """For MINORITY_ONLY methods imbalanced-learn gets the positives and a few negatives: same number of
+  points, the same points (on segments between real positive neighbours for smote) as with all rows."""
+  x, labels = _toy(n=600)
+  k = 3
+  seen = []
+  real = smote._fit_resample
+
+  def spy(method, features, y, **kwargs):
+    seen.append((np.array(features), np.array(y)))
+    return real(method, features, y, **kwargs)
+
+  monkeypatch.setattr(smote, "_fit_resample", spy)
+  full = smote.resample(x, labels, method=method, k_neighbors=k, ratio=0.25, seed=0, classes=CLASSES,
+                        negatives_kept=len(x))
+  assert all(len(f) == len(x) for f, _ in seen)
+  seen.clear()
+  few = smote.resample(x, labels, method=method, k_neighbors=k, ratio=0.25, seed=0, classes=CLASSES,
+                       negatives_kept=7)
+  assert len(seen) == 2  # Labels a and b; c is above the ratio.
+  x_rows = {row.tobytes(): i for i, row in enumerate(x)}
+  for (f, y), c in zip(seen, (0, 1)):
+    assert len(f) == labels[:, c].sum() + 7 and (y == 0).sum() == 7
+    rows = [x_rows[row.tobytes()] for row in f]  # Only training rows, each once, all positives of c.
+    assert len(set(rows)) == len(rows) and np.array_equal(y, labels[rows, c])
+    assert set(np.flatnonzero(labels[:, c])) <= set(rows)
+  for c in range(len(CLASSES)):
+    assert few.log[c]["synthetic"] == full.log[c]["synthetic"], c
+  assert few.log[0]["synthetic"] > 10 and few.log[1]["synthetic"] > 10
+  for field in ("features", "labels", "is_synthetic", "origin_class"):
+    assert np.array_equal(getattr(few, field), getattr(full, field)), field
+  if method == "smote":  # The points are new (not copies) and lie on segments between positive neighbours.
+    for c in range(2):
+      pos = x[labels[:, c] == 1]
+      syn = few.features[few.origin_class == c]
+      assert not any(row.tobytes() in x_rows for row in syn)
+      a, b = pos[:, None, :], pos[_knn(pos, k)]
+      for s in syn:
+        ab = b - a
+        t = np.clip(((s - a) * ab).sum(-1) / np.maximum((ab * ab).sum(-1), 1e-12), 0, 1)
+        assert np.linalg.norm(a + t[..., None] * ab - s, axis=-1).min() < 1e-4
+
+
+def test_head_training_is_deterministic_for_a_seed():
+  x, labels = _toy(n=400)
+  config = tiny_config("/unused", arm="smote")
+  config.smote.steps, config.smote.batch_size = 30, 32
+
+  def fit(seed):
+    return smote.train_head(x, labels.astype(np.float32), smote_config=config.smote, loss_config=config.loss,
+                            seed=seed, progress=False, chunk=7)
+
+  (p1, m1, s1, l1), (p2, _, _, l2), (p3, _, _, _) = fit(0), fit(0), fit(1)
+  assert l1 == l2 and np.isfinite(l1)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)))
+  assert not np.array_equal(p1["kernel"], p3["kernel"])  # Another seed draws other batches.
+  assert np.allclose(m1, x.mean(0), atol=1e-5) and np.allclose(s1, x.std(0), atol=1e-4)
 
 
 def test_random_noise_is_not_on_segments():
