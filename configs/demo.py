@@ -4,8 +4,9 @@
   python -m jaxcxr.main --config=configs/demo.py:baseline --workdir=/tmp/jaxcxr_demo_baseline
 
 The phantom dataset is generated on first use (20,000 64-px images, Hernia at 1.5% so that the test split
-holds about 35 Hernia positives) and reused afterwards. Arms: baseline, weighted (default), focal,
-oversample (target_ratio sampling + augmentation, BCE), hybrid (the same + focal loss).
+holds about 35 Hernia positives) and reused afterwards. Arms: baseline, weighted, focal, oversample
+(target_ratio sampling + augmentation, BCE; the default, best in the demo study), hybrid (the same + focal
+loss), smote and smote_hybrid (feature-space SMOTE and a new head after training).
 
 The modifier `quick` (with or without an arm: `configs/demo.py:quick,focal`) trains fewer steps on the
 same data, for the imbalance study on 2 CPU cores:
@@ -16,8 +17,12 @@ from configs import arms
 from configs import base
 
 
-def get_config(arg="weighted"):
-  arm, modifiers = arms.parse_config_string(arg, default_arm="weighted", modifiers=("quick",))
+# The default arm: the best on the phantom data in the demo study (README, 'Reading the study').
+DEFAULT_ARM = "oversample"
+
+
+def get_config(arg=DEFAULT_ARM):
+  arm, modifiers = arms.parse_config_string(arg, default_arm=DEFAULT_ARM, modifiers=("quick",))
   config = base.get_config()
   config.data.source = "phantom"
   config.data.dir = ""  # ~/.cache/jaxcxr/phantom-...; set it to keep the data elsewhere.

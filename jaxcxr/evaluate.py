@@ -9,8 +9,8 @@ Without --config, the config the run was trained with (WORKDIR/config.json) is u
 predicted to choose the per-class thresholds (and to fit the calibration), and the requested split is
 scored with `metrics.evaluate_scores`. Every class gets 95% patient-bootstrap intervals for AUROC, AUPRC,
 and recall and F1 at the validation threshold (which stays fixed inside the bootstrap). The report goes to
-WORKDIR/eval/<checkpoint>-<split>/: report.json, report.md, roc.png, pr.png (and reliability.png when
-calibrated).
+WORKDIR/eval/<checkpoint>-<split>/: report.json, report.md, roc.png, pr.png, scores.npz (and
+reliability.png when calibrated).
 """
 
 import json

@@ -4,7 +4,7 @@
   python -m jaxcxr.main --config=configs/hernia.py:focal --config.data.dir=/data/nih --workdir=/tmp/hernia
 
 Rerunning the same command in the same workdir resumes from its latest checkpoint. The test report is
-written to WORKDIR/report/ (report.json, report.md, roc.png, pr.png).
+written to WORKDIR/report/ (report.json, report.md, roc.png, pr.png, scores.npz).
 """
 
 from absl import app

@@ -397,6 +397,11 @@ def _mark_operating_points(ax, *, kind: str, y, s, threshold) -> list:
   return markers
 
 
+# The scores a report was computed on, beside it (np.load(..., allow_pickle=False)): `scores` (N, C) float32
+# and `labels` (N, C) uint8, rows in the split's order. The study bootstraps them without re-predicting.
+SCORES_FILE = "scores.npz"
+
+
 def write_report(
     report: Mapping[str, Any],
     out_dir,
@@ -406,7 +411,7 @@ def write_report(
     classes: Sequence[str],
     highlight: Optional[str] = None,
 ) -> None:
-  """Writes report.json, report.md, roc.png and pr.png to `out_dir` (created if needed).
+  """Writes report.json, report.md, roc.png, pr.png and SCORES_FILE to `out_dir` (created if needed).
 
   Args:
     report: the evaluation dict; top-level keys 'split', 'checkpoint_step',
@@ -432,3 +437,4 @@ def write_report(
   for kind in ("roc", "pr"):
     _plot_curves(kind=kind, report=report, labels=labels, scores=scores, classes=classes,
                  highlight=highlight, path=os.path.join(out_dir, f"{kind}.png"))
+  np.savez(os.path.join(out_dir, SCORES_FILE), scores=scores.astype(np.float32), labels=labels.astype(np.uint8))

@@ -18,8 +18,8 @@ deviation, min and max), and a 95% patient-bootstrap interval of the seed mean (
 resampled with replacement; every seed is scored on the same resamples, and the metric averaged over
 seeds per resample). The interval speaks for test-set sampling, the spread for training randomness.
 
-Test scores for the bootstrap come from REPORT_DIR/test_scores.npz when a run saved one (array `scores`,
-(N, 14), in test-split order); otherwise the study restores the run's best checkpoint once, predicts the
+Test scores for the bootstrap come from REPORT_DIR/scores.npz, which every report written by
+metrics.write_report holds (array `scores`, (N, 14), in test-split order); for older runs without it the study restores the run's best checkpoint once, predicts the
 test split and keeps the scores in WORKDIR/<arm>/seed<s>/study/test_scores.npz (seconds per run; the
 compiled steps come from a persistent compilation cache in WORKDIR/xla_cache). A SMOTE arm without saved
 scores keeps the intervals of its own report, if any.
@@ -50,6 +50,7 @@ import numpy as np
 from configs import arms as arms_lib
 from jaxcxr import bootstrap
 from jaxcxr import cli
+from jaxcxr import metrics as metrics_lib
 from jaxcxr import train
 from jaxcxr.data import datasets
 from jaxcxr.data import nih
@@ -263,7 +264,7 @@ def load_test_scores(run: Run, report: dict, *, splits_cache: _SplitCache) -> Op
   if os.path.exists(cache):
     with np.load(cache) as z:
       return {k: z[k] for k in ("scores", "labels", "patients")}
-  saved = os.path.join(report_dir(run.config, run.workdir), SCORES_FILE)
+  saved = os.path.join(report_dir(run.config, run.workdir), metrics_lib.SCORES_FILE)
   if not os.path.exists(saved) and is_smote(run.config):
     return None
   splits = splits_cache.get(run.config)
@@ -530,8 +531,8 @@ def run_study(make_config: Callable[[str], ml_collections.ConfigDict], workdir: 
     if bootstrap_samples:
       data = load_test_scores(run, report, splits_cache=splits_cache)
       if data is None:
-        notes.append(f"{run.name}: no saved test scores (SMOTE report without {SCORES_FILE}); its arm "
-                     "shows the report's own intervals or none.")
+        notes.append(f"{run.name}: no saved test scores (SMOTE report without {metrics_lib.SCORES_FILE}); "
+                     "its arm shows the report's own intervals or none.")
       else:
         thresholds = [report["classes"][c]["threshold"] for c in nih.CLASSES]
         boot = run_bootstrap(labels=data["labels"], scores=data["scores"], patients=data["patients"],

@@ -195,7 +195,10 @@ def test_write_report(tmp_path):
   report = _report(labels, scores)
   out = tmp_path / "eval"
   metrics.write_report(report, out, labels=labels, scores=scores, classes=CLASSES, highlight="Beta")
-  assert sorted(p.name for p in out.iterdir()) == ["pr.png", "report.json", "report.md", "roc.png"]
+  assert sorted(p.name for p in out.iterdir()) == ["pr.png", "report.json", "report.md", "roc.png", "scores.npz"]
+  with np.load(out / "scores.npz", allow_pickle=False) as z:  # The scores and labels the report describes.
+    np.testing.assert_allclose(z["scores"], np.asarray(scores, np.float32))
+    np.testing.assert_array_equal(z["labels"], np.asarray(labels))
   assert json.loads((out / "report.json").read_text()) == report
   md = (out / "report.md").read_text()
   for name in CLASSES:

@@ -51,7 +51,7 @@ def test_configs_accept_the_grammar():
   assert full.arm == quick.arm == "focal" and quick.loss.name == full.loss.name == "focal"
   assert quick.train.num_steps < full.train.num_steps
   assert quick.data.phantom.num_images == full.data.phantom.num_images  # Reuses the cached data set.
-  assert demo.get_config().arm == demo.get_config("").arm == demo.get_config("quick").arm == "weighted"
+  assert demo.get_config().arm == demo.get_config("").arm == demo.get_config("quick").arm == demo.DEFAULT_ARM
   assert hernia.get_config("baseline").arm == "baseline"
   with pytest.raises(ValueError, match="quick"):
     hernia.get_config("quick")  # Only the demo has a quick variant.
@@ -163,7 +163,7 @@ class FakeTrainer:
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "report.json"), "w") as f:
       json.dump(report, f)
-    np.savez(os.path.join(out, study.SCORES_FILE), scores=scores)
+    np.savez(os.path.join(out, metrics.SCORES_FILE), scores=scores)
     return report
 
 
@@ -225,6 +225,12 @@ def test_study_of_real_tiny_runs(tiny_data_dir, tmp_path):
     if report["classes"][name]["auroc"] is not None:
       assert bootstrap.auroc(labels[:, c], scores[:, c]) == pytest.approx(report["classes"][name]["auroc"],
                                                                           abs=1e-4), name
+  # A run without the report's scores file (older runs) gets its scores re-predicted from the checkpoint.
+  os.remove(os.path.join(work, "focal", "seed0", "study", study.SCORES_FILE))
+  os.remove(os.path.join(work, "focal", "seed0", "report", metrics.SCORES_FILE))
+  study.run_study(make, work, arms=["focal"], num_seeds=1, bootstrap_samples=10, out=open(os.devnull, "w"))
+  with np.load(os.path.join(work, "focal", "seed0", "study", study.SCORES_FILE)) as z:
+    np.testing.assert_allclose(z["scores"], scores, rtol=1e-5, atol=1e-6)
   summary = result["summary"]["focal"]
   assert summary["macro_auroc"]["mean"] == pytest.approx(report["macro"]["auroc"])
   low, high = summary["macro_auroc"]["ci"]
