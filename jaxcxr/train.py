@@ -162,12 +162,18 @@ def create_train_state(config, model, rng, image_size):
 def train_step(state, batch, *, loss_fn, augment_fn=None, augment_seed=0):
   """One optimiser step on a (sharded) global batch; returns the new state and scalar metrics.
 
-  `augment_fn(key, images, labels)` (data/augment.py), if given, augments the uint8 images first with a
-  key derived from `augment_seed` and the state's step, so a resumed run augments like an uninterrupted one.
+  `augment_fn(key, images, labels)` (data/augment.py), if given, augments the uint8 images first. Each
+  image's key is `augment_seed` folded with its offset in the training stream (`batch['position']`), so a
+  resumed run augments like an uninterrupted one and any device or process layout like any other; a batch
+  without positions (benchmarks) uses one key folded with the state's step.
   """
   images = batch["image"]
   if augment_fn is not None:
-    key = jax.random.fold_in(jax.random.key(augment_seed), state.step)
+    base = jax.random.key(augment_seed)
+    if "position" in batch:
+      key = jax.vmap(lambda p: jax.random.fold_in(base, p))(batch["position"])
+    else:
+      key = jax.random.fold_in(base, state.step)
     images = augment_fn(key, images, batch["labels"])
   images = normalize(images)
 
@@ -216,11 +222,14 @@ def shard_map_steps(mesh, loss_fn, *, augment_fn=None, augment_seed=0):
   of per-device means is the global mean and the step equals the jit mode's up to float rounding.
   `check_vma=False` gives pmap's semantics: gradients of the replicated parameters are per-device until
   the explicit pmean. The state stays replicated and is donated; eval gathers the probabilities.
-  Augmentation (train step only) folds the device's index into the step's key, so shards draw apart.
+  Augmentation (train step only) keys each image by its stream position as in the jit mode (a batch
+  without positions folds the device's index into the step's key, so shards draw apart).
   """
   data, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
 
   def per_device_augment(key, images, labels):
+    if jnp.ndim(key):  # Per-image keys from stream positions: already distinct on every device.
+      return augment_fn(key, images, labels)
     return augment_fn(jax.random.fold_in(key, jax.lax.axis_index("data")), images, labels)
 
   def per_device_train(state, batch):

@@ -7,11 +7,15 @@ import subprocess
 import jax
 import numpy as np
 
+from configs import demo
 from jaxcxr import train
 from tests.conftest import tiny_config, tiny_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = dict(num_steps=4, eval_every=4, checkpoint_every=4)
+# Both sides name the arm: the demo's default, which oversamples and augments, so the check covers the
+# sampled stream's process shards and the augmentation keys as well as the step.
+ARM = demo.DEFAULT_ARM
 
 
 def _launch(workdir, data_dir, timeout=420):
@@ -19,7 +23,7 @@ def _launch(workdir, data_dir, timeout=420):
   env = dict(os.environ, PYTHON=os.environ.get("PYTHON", "python"), DEVICES_PER_PROCESS="2",
              LOG_DIR=str(workdir) + "_logs")
   env["PATH"] = os.path.dirname(__import__("sys").executable) + os.pathsep + env["PATH"]
-  proc = subprocess.Popen(["bash", "launch/local_multiprocess.sh", "2", "--config=configs/demo.py",
+  proc = subprocess.Popen(["bash", "launch/local_multiprocess.sh", "2", f"--config=configs/demo.py:{ARM}",
                            f"--workdir={workdir}", *flags], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
   try:
@@ -33,7 +37,8 @@ def _launch(workdir, data_dir, timeout=420):
 
 
 def test_two_processes_equal_one_process_four_devices(tiny_data_dir, tmp_path):
-  config = tiny_config(tiny_data_dir, **STEPS)
+  config = tiny_config(tiny_data_dir, ARM, **STEPS)
+  assert config.data.augment.enabled and config.data.sampling.name != "none"
   train.train_and_evaluate(config, str(tmp_path / "single"))
   rc, out = _launch(tmp_path / "multi", tiny_data_dir)
   assert rc == 0, out[-3000:]

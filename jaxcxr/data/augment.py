@@ -76,7 +76,8 @@ def make_augment_fn(config):
     minority = labels[:, target] > 0.5
     prob = jnp.where(minority, a.minority_probability, a.probability)
     strength = jnp.where(minority, a.minority_strength, a.strength)
-    keys = jax.random.split(key, images.shape[0])
+    # One key for the batch (split per image), or already one key per image.
+    keys = key if jnp.ndim(key) else jax.random.split(key, images.shape[0])
     one = lambda k, im, p, s: _augment_one(k, im, prob=p, strength=s, a=ranges)
     return jax.vmap(one)(keys, images[..., 0].astype(jnp.float32), prob, strength)[..., None]
 

@@ -66,8 +66,9 @@ def train_iterator(split, *, global_batch, seed, process_index=0, process_count=
   With `sampling` (config.data.sampling) None or 'none' without undersampling, each epoch is a fresh
   seeded shuffle of the split; otherwise the epoch is the plan's (see data/sampling.py). Process p reads
   positions p, p + P, ... of each epoch, so processes see disjoint draws. The iterator's state
-  (`get_state()`) is checkpointed with the model. `with_index` adds each image's row in the split
-  ('index'), for inspection.
+  (`get_state()`) is checkpointed with the model. Every element carries `position`, its int32 offset in
+  the global stream (process p's j-th element is at j * P + p); `with_index` adds each image's row in the
+  split ('index'), for inspection.
   """
   if global_batch % process_count:
     raise ValueError(f"train.batch_size={global_batch} does not divide by the {process_count} processes.")
@@ -79,6 +80,9 @@ def train_iterator(split, *, global_batch, seed, process_index=0, process_count=
     plan = sampling_lib.make_plan(split.meta.labels, sampling, target=target, seed=seed)
     ds = grain.MapDataset.source(PlanSource(split, plan, process_index=process_index,
                                             process_count=process_count, with_index=with_index))
+  # Each element's offset in the global stream (the same image gets the same offset whatever the number of
+  # processes): per-example augmentation keys derive from it, so augmentation does not depend on layout.
+  ds = ds.map_with_index(lambda j, x: {**x, "position": np.int32(j * process_count + process_index)})
   ds = ds.batch(global_batch // process_count, drop_remainder=True).to_iter_dataset()
   if num_workers:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
