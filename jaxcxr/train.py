@@ -333,6 +333,8 @@ class Trainer:
     params, batch_stats = weights.import_pretrained(
         path, model_name=self.config.model.name, params=to_host(self.state.params),
         batch_stats=to_host(self.state.batch_stats))
+    logging.info("model.init_from: the %s trunk (parameters and BatchNorm statistics) comes from %s; the "
+                 "head and the optimiser state start fresh.", self.config.model.name, path)
     # Adam's moments are zeros of the parameters' shapes, so the fresh optimiser state still fits.
     return jax.device_put(self.state.replace(params=params, batch_stats=batch_stats), self.replicated)
 
