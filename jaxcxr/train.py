@@ -127,10 +127,13 @@ def create_optimizer(config):
   return tx, schedule
 
 
+def _is_plateau(x):
+  return isinstance(x, optax.contrib.ReduceLROnPlateauState)
+
+
 def _plateau_states(opt_state):
   """The reduce-on-plateau states inside an optimiser state (empty unless train.schedule='plateau')."""
-  is_plateau = lambda x: isinstance(x, optax.contrib.ReduceLROnPlateauState)
-  return [s for s in jax.tree.leaves(opt_state, is_leaf=is_plateau) if is_plateau(s)]
+  return [s for s in jax.tree.leaves(opt_state, is_leaf=_is_plateau) if _is_plateau(s)]
 
 
 def learning_rate_scale(state):
@@ -142,12 +145,11 @@ def learning_rate_scale(state):
 def observe_validation_loss(config, state, val_loss):
   """Feeds one validation loss to the plateau logic; returns the state with the updated scale."""
   _, plateau = _plateau_scale(config)
-  is_plateau = lambda x: isinstance(x, optax.contrib.ReduceLROnPlateauState)
 
   def observe(s):
-    return plateau.update((), s, value=val_loss)[1] if is_plateau(s) else s
+    return plateau.update((), s, value=val_loss)[1] if _is_plateau(s) else s
 
-  return state.replace(opt_state=jax.tree.map(observe, state.opt_state, is_leaf=is_plateau))
+  return state.replace(opt_state=jax.tree.map(observe, state.opt_state, is_leaf=_is_plateau))
 
 
 def create_train_state(config, model, rng, image_size):
