@@ -112,8 +112,19 @@ def test_resize_and_grey_passthrough(tmp_path):
   Image.fromarray(a).save(tmp_path / "g.png")
   got, err = datasets.decode(str(tmp_path / "g.png"), 32)
   assert err is None and got.shape == (32, 32) and got.dtype == np.uint8
-  want = np.asarray(Image.fromarray(a).resize((32, 32), Image.Resampling.BILINEAR, reducing_gap=3.0))
+  # 64 rows -> 32: pairs of rows averaged; 48 columns -> 32: no whole factor, bilinear only.
+  want = np.asarray(Image.fromarray(a).reduce((1, 2)).resize((32, 32), Image.Resampling.BILINEAR))
   np.testing.assert_array_equal(got, want)
+
+
+def test_whole_factor_resize_is_the_area_average(tmp_path):
+  """1024 -> 256 style: a whole factor averages each k x k box (rounded half up), nothing else."""
+  a = np.random.default_rng(2).integers(0, 256, (64, 64), dtype=np.uint8)
+  Image.fromarray(a).save(tmp_path / "g.png")
+  got, err = datasets.decode(str(tmp_path / "g.png"), 16)
+  assert err is None
+  want = np.floor(a.reshape(16, 4, 16, 4).astype(np.float64).mean((1, 3)) + 0.5)
+  np.testing.assert_array_equal(got, want.astype(np.uint8))
 
 
 def test_strict_fails_naming_every_bad_file(tiny_data_dir, tmp_path):

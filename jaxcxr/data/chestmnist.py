@@ -59,8 +59,7 @@ def find_file(directory, size):
 def _resize(images, size):
   if images.shape[1:] == (size, size):
     return images
-  return np.stack([np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.BILINEAR,
-                                                         reducing_gap=3.0)) for a in images])
+  return np.stack([datasets.resize(Image.fromarray(a), size) for a in images])
 
 
 def read(path, size):

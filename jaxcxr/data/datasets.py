@@ -37,9 +37,11 @@ PREPARED = "jaxcxr_prepared"
 REPORT = "preparation_report.json"
 INDEX = "index.json"  # The completion marker, written last.
 # Bumped whenever decoding changes, so that older prepared folders are not reused.
-DECODER_VERSION = 2
+DECODER_VERSION = 3
 # How images reach the training resolution; recorded in the report and in the TFDS dataset's metadata.
-RESIZE_METHOD = "PIL bilinear with antialiasing (Image.resize, BILINEAR, reducing_gap=3.0), square"
+RESIZE_METHOD = ("area averaging by the largest whole factor (PIL Image.reduce), then PIL bilinear with "
+                 "antialiasing for the remaining factor below 2 (Image.resize, BILINEAR, reducing_gap=1.0), "
+                 "square")
 # Why an image is left out, in report order.
 REASONS = ("missing", "empty", "truncated", "corrupt")
 CHUNK_SIZE = 256  # Images per unit of work; a killed preparation loses at most one chunk per worker.
@@ -115,6 +117,17 @@ def to_grey(im):
   return np.asarray(rgb.convert("L"), np.uint8)
 
 
+def resize(im, size):
+  """A PIL image resized to (size, size) as RESIZE_METHOD says, as a numpy array.
+
+  1024 -> 256 px is a plain 4x4 box average (0.5 ms; a full bilinear filter over the 1024 px image costs
+  3 ms, a third of the PNG decode); 1024 -> 224 averages 4x4 boxes, then filters 256 -> 224 bilinearly.
+  """
+  if im.size == (size, size):
+    return np.asarray(im)
+  return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=1.0))
+
+
 def decode(path, size):
   """Reads one image file as (size, size) uint8 grey; returns (array, None) or (None, (reason, detail))."""
   try:
@@ -122,8 +135,8 @@ def decode(path, size):
       return None, ("empty", "zero-byte file")
     with Image.open(path) as im:
       im.load()
-      if im.mode == "L" and im.size != (size, size):  # The common case (NIH): no conversions.
-        return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)), None
+      if im.mode == "L":  # The common case (NIH): no conversions.
+        return resize(im, size), None
       a = to_grey(im)
   except FileNotFoundError:
     return None, ("missing", "file vanished during preparation")
@@ -133,9 +146,7 @@ def decode(path, size):
     return None, (reason, text)
   if a.ndim != 2 or min(a.shape) == 0:
     return None, ("corrupt", f"unexpected pixel array shape {a.shape}")
-  if a.shape != (size, size):
-    a = np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0))
-  return a, None
+  return resize(Image.fromarray(a), size), None
 
 
 def _decode_chunk(job):
