@@ -231,6 +231,11 @@ def test_tfds_array_record_export_reads_back_without_tensorflow(tiny_data_dir, t
       seen.add(name)
   assert seen == set(meta.names)  # All prepared images, none of the bad ones.
   assert not seen & {picked[k] for k in ("corrupt", "truncated", "empty", "missing")}
+  # Grain reads the data source as it is.
+  import grain  # pylint: disable=g-import-not-at-top
+  batch = grain.MapDataset.source(sources["test"]).batch(4)[1]
+  np.testing.assert_array_equal(batch["image"], np.stack([sources["test"][k]["image"] for k in range(4, 8)]))
+  assert batch["labels"].shape == (4, len(nih.CLASSES))
   images = tfds_builder.Images([sources["train_val"], sources["test"]])
   assert images.shape == (len(seen), SIZE, SIZE) and images[np.array([0, 3])].shape == (2, SIZE, SIZE)
   np.testing.assert_array_equal(images[len(sources["train_val"])], sources["test"][0]["image"][..., 0])
