@@ -6,7 +6,7 @@
 Writes NIH-layout data (a label file, the two split lists and 1024x1024 8-bit PNGs with X-ray-like
 smooth structure and noise, so they compress like real ones) into --dir, then measures:
   prepare   decoding + resizing PNGs to --size px uint8 (datasets.prepare), one process: images/s per core;
-            and with all cores.
+            and with all cores; for reference, one process with PIL decoding every PNG (no libpng).
   loader    the Grain training pipeline (pipeline.train_iterator, batches of --batch, no workers, no model)
             reading the prepared uint8 images: from the memory-mapped array training uses, and, for
             reference, from the TFDS ArrayRecord export through tfds data sources (tfds_builder.Images;
@@ -70,12 +70,22 @@ def _cpu_seconds():
   return t.user + t.system + t.children_user + t.children_system
 
 
-def time_prepare(directory, meta, *, size, workers):
-  """(images per wall second, images per CPU second of this process and its workers, startup included)."""
+def time_prepare(directory, meta, *, size, workers, libpng=True):
+  """(images per wall second, images per CPU second of this process and its workers, startup included).
+
+  libpng=False (one process only) turns off the libpng shortcut for 8-bit grey PNGs: PIL decodes all.
+  """
   shutil.rmtree(os.path.join(directory, datasets.PREPARED), ignore_errors=True)
-  wall, cpu = time.perf_counter(), _cpu_seconds()
-  prepared = datasets.prepare(directory, meta, size=size, num_workers=workers, progress=False)
-  wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+  shortcut = datasets._decode_grey8_png  # pylint: disable=protected-access
+  if not libpng:
+    assert workers == 1, "the switch only reaches this process"
+    datasets._decode_grey8_png = lambda data: None  # pylint: disable=protected-access
+  try:
+    wall, cpu = time.perf_counter(), _cpu_seconds()
+    prepared = datasets.prepare(directory, meta, size=size, num_workers=workers, progress=False)
+    wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+  finally:
+    datasets._decode_grey8_png = shortcut  # pylint: disable=protected-access
   assert prepared.report["prepared"] == len(meta), prepared.report
   return len(meta) / wall, len(meta) / cpu
 
@@ -132,8 +142,13 @@ def main():
       rows.append((name, wall, cpu, goal, processes))
       print(f"  {name}: wall {[round(r[0]) for r in runs]}, CPU {[round(r[1]) for r in runs]} img/s", flush=True)
 
-    record(f"prepare, 1 process ({args.size} px)",
-           [time_prepare(directory, meta, size=args.size, workers=1) for _ in range(args.repeats)], 100, 1)
+    # With and without the libpng shortcut, alternating, so that both see the same machine.
+    runs = {True: [], False: []}
+    for _ in range(args.repeats):
+      for libpng in (True, False):
+        runs[libpng].append(time_prepare(directory, meta, size=args.size, workers=1, libpng=libpng))
+    record(f"prepare, 1 process ({args.size} px)", runs[True], 100, 1)
+    record("  reference: the same, PIL decoding every PNG", runs[False], None, 1)
     if cores > 1:
       record(f"prepare, {cores} processes",
              [time_prepare(directory, meta, size=args.size, workers=cores) for _ in range(args.repeats)], 100,

@@ -127,6 +127,49 @@ def test_whole_factor_resize_is_the_area_average(tmp_path):
   np.testing.assert_array_equal(got, want.astype(np.uint8))
 
 
+def _png(path, a, **save):
+  Image.fromarray(a).save(path, format="png", **save)
+  return str(path)
+
+
+@pytest.mark.parametrize("save", [{}, {"compress_level": 0}, {"compress_level": 1}, {"optimize": True}])
+def test_libpng_shortcut_decodes_grey_pngs_as_pil_does(tmp_path, save):
+  a = np.random.default_rng(3).integers(0, 256, (67, 45), dtype=np.uint8)
+  a[:30] = np.linspace(0, 255, 45).astype(np.uint8)  # Smooth rows too, so that PNG's filters vary by row.
+  path = _png(tmp_path / "g.png", a, **save)
+  with open(path, "rb") as f:
+    fast = datasets._decode_grey8_png(f.read())  # pylint: disable=protected-access
+  np.testing.assert_array_equal(fast, a)
+  got, err = datasets.decode(path, 20)
+  want = np.asarray(Image.open(path).resize((20, 20), Image.Resampling.BILINEAR, reducing_gap=1.0))
+  assert err is None
+  np.testing.assert_array_equal(got, want)
+
+
+def test_libpng_shortcut_leaves_other_pngs_to_pil(tmp_path):
+  grey = np.random.default_rng(4).integers(0, 256, (16, 16), dtype=np.uint8)
+  others = [np.stack([grey] * 3, -1), (grey.astype(np.uint16) * 257)]
+  for k, a in enumerate(others):
+    with open(_png(tmp_path / f"o{k}.png", a), "rb") as f:
+      assert datasets._decode_grey8_png(f.read()) is None  # pylint: disable=protected-access
+  assert datasets._decode_grey8_png(b"not a png") is None  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("where", [0.3, 0.6, 0.95])
+def test_a_flipped_bit_in_the_pixel_data_is_reported_not_trained_on(tmp_path, where):
+  a = np.random.default_rng(5).integers(0, 256, (64, 64), dtype=np.uint8)
+  path = _png(tmp_path / "g.png", a)
+  with open(path, "rb") as f:
+    data = bytearray(f.read())
+  start = data.index(b"IDAT") + 4 + 2  # Past the chunk type and the zlib header.
+  end = data.index(b"IEND") - 8  # Before the IDAT's CRC.
+  data[start + int(where * (end - start))] ^= 0x10
+  with open(path, "wb") as f:
+    f.write(bytes(data))
+  got, err = datasets.decode(path, 32)
+  assert got is None and err[0] == "corrupt", err
+
+
 def test_strict_fails_naming_every_bad_file(tiny_data_dir, tmp_path):
   d, picked, _ = _damaged_copy(tiny_data_dir, tmp_path, missing=False)
   with pytest.raises(nih.DataError, match="data.strict: 3 of") as e:

@@ -20,6 +20,7 @@ import multiprocessing
 import os
 
 from absl import logging
+import imagecodecs
 import numpy as np
 from PIL import Image
 import tqdm
@@ -128,14 +129,40 @@ def resize(im, size):
   return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=1.0))
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _decode_grey8_png(data):
+  """8-bit grey, non-interlaced PNG bytes (every NIH image) -> (H, W) uint8 through libpng, else None.
+
+  libpng (imagecodecs) decodes these about 1.2x faster than PIL, and like PIL it rejects truncated data
+  and failed checksums. Anything else, and anything libpng rejects, returns None: PIL then decodes the
+  file or says what is wrong with it, so the report's reasons do not depend on this shortcut.
+  """
+  # IHDR is always the first chunk: bytes 24, 25 and 28 hold bit depth, colour type and interlacing.
+  if len(data) < 33 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or data[24:26] != b"\x08\x00" \
+      or data[28] != 0:
+    return None
+  try:
+    a = imagecodecs.png_decode(data)
+  except Exception:  # pylint: disable=broad-except  (imagecodecs.PngError and kin: PIL gives the verdict)
+    return None
+  return a if a.ndim == 2 and a.dtype == np.uint8 and min(a.shape) > 0 else None
+
+
 def decode(path, size):
   """Reads one image file as (size, size) uint8 grey; returns (array, None) or (None, (reason, detail))."""
   try:
-    if os.path.getsize(path) == 0:
+    with open(path, "rb") as f:
+      data = f.read()
+    if not data:
       return None, ("empty", "zero-byte file")
+    a = _decode_grey8_png(data)
+    if a is not None:
+      return resize(Image.fromarray(a), size), None
     with Image.open(path) as im:
       im.load()
-      if im.mode == "L":  # The common case (NIH): no conversions.
+      if im.mode == "L":
         return resize(im, size), None
       a = to_grey(im)
   except FileNotFoundError:
