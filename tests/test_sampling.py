@@ -160,3 +160,19 @@ def test_bad_fields_are_named():
     sampling.make_plan(labels, _sampling(name="smote"), target="Hernia", seed=0)
   with pytest.raises(ValueError, match="no Hernia images"):
     sampling.make_plan(labels, _sampling(name="target_ratio"), target="Hernia", seed=0)
+
+
+def test_source_pickles_its_memmap_as_a_file_not_a_copy(train_split):
+  """Grain's worker processes receive the source pickled: the images must not travel with it."""
+  import pickle  # pylint: disable=g-import-not-at-top
+  assert isinstance(train_split.images, np.memmap)
+  source = pipeline.BatchSource(train_split, pipeline._Epochs(len(train_split), 0), batch_size=16,  # pylint: disable=protected-access
+                                with_index=True)
+  data = pickle.dumps(source)
+  assert len(data) < train_split.images.nbytes / 4, (len(data), train_split.images.nbytes)
+  copy = pickle.loads(data)
+  for b in (0, 7, 100):
+    want, got = source[b], copy[b]
+    assert want.keys() == got.keys()
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])

@@ -5,6 +5,7 @@ Training elements are whole batches, dicts of numpy arrays: `image` (B, S, S, 1)
 float32 and `position` (B,) int32. uint8 travels to the device; normalisation happens inside the jitted step.
 """
 
+import collections
 import sys
 
 import grain
@@ -17,6 +18,9 @@ from jaxcxr.data import sampling as sampling_lib
 # Batches are read ahead by background threads while the device trains. Grain's default (16 threads, 500
 # elements ahead) suits single images; 500 whole batches would hold gigabytes.
 READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
+
+
+_MemmapFile = collections.namedtuple("_MemmapFile", "filename offset shape dtype")
 
 
 class _Epochs:
@@ -58,6 +62,21 @@ class BatchSource(grain.sources.RandomAccessDataSource):
     if not self._per_epoch:
       raise ValueError(f"The training epoch ({epochs.length} images) is smaller than the {process_count} "
                        f"processes.")
+
+  def __getstate__(self):
+    # Grain's worker processes get the source pickled; a memmap would travel as a copy of all its pixels
+    # (7 GB for NIH at 256 px). It travels as its file instead, reopened read-only on arrival.
+    state = dict(self.__dict__)
+    im = self._images
+    if isinstance(im, np.memmap) and im.filename and im.flags.c_contiguous:
+      state["_images"] = _MemmapFile(im.filename, im.offset, im.shape, im.dtype.str)
+    return state
+
+  def __setstate__(self, state):
+    if isinstance(state["_images"], _MemmapFile):
+      f = state["_images"]
+      state["_images"] = np.memmap(f.filename, dtype=f.dtype, mode="r", offset=f.offset, shape=f.shape)
+    self.__dict__.update(state)
 
   def __len__(self):
     return sys.maxsize // (2 * self._b)  # Endless in practice; Grain needs a length.
