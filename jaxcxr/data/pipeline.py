@@ -108,9 +108,9 @@ def train_iterator(split, *, global_batch, seed, process_index=0, process_count=
   With `sampling` (config.data.sampling) None or 'none' without undersampling, each epoch is a fresh
   seeded shuffle of the split; otherwise the epoch is the plan's (see data/sampling.py). Process p reads
   positions p, p + P, ... of each epoch, so processes see disjoint draws. The iterator's state
-  (`get_state()`) is checkpointed with the model. Every element carries `position`, its int32 offset in
-  the global stream (process p's j-th element is at j * P + p); `with_index` adds each image's row in the
-  split ('index'), for inspection.
+  (`get_state()`, the index of the next batch) is checkpointed with the model. Each batch carries
+  `position`, every image's int32 offset in the global stream (process p's j-th image is at j * P + p);
+  `with_index` adds each image's row in the split ('index'), for inspection.
   """
   if global_batch % process_count:
     raise ValueError(f"train.batch_size={global_batch} does not divide by the {process_count} processes.")
