@@ -22,7 +22,7 @@ setuptools.setup(
         "scikit-learn>=1.5,<2",
         "imbalanced-learn>=0.13,<0.15",
         "pillow>=10,<14",
-        "imagecodecs>=2024.1.1",  # libpng for the 8-bit grey PNGs of NIH: 1.2x faster preparation than PIL.
+        "imagecodecs>=2024.1.1",  # libpng for the 8-bit grey PNGs of NIH: 1.1-1.2x faster than PIL.
         "matplotlib>=3.8,<4",
         "tqdm>=4.66,<5",
         "tensorboardX>=2.6,<3",

@@ -134,7 +134,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def _decode_grey8_png(data):
   """8-bit grey, non-interlaced PNG bytes (every NIH image) -> (H, W) uint8 through libpng, else None.
 
-  libpng (imagecodecs) decodes these about 1.2x faster than PIL, and like PIL it rejects truncated data
+  libpng (imagecodecs) decodes these 1.1-1.2x faster than PIL, and like PIL it rejects truncated data
   and failed checksums. Anything else, and anything libpng rejects, returns None: PIL then decodes the
   file or says what is wrong with it, so the report's reasons do not depend on this shortcut.
   """
