@@ -485,6 +485,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       batch = trainer.global_batch(next(data_iter))
   bar.close()
   trainer.ckpt.wait_until_finished()
+  if hasattr(data_iter, "close"):  # Stops Grain's workers and frees their read-ahead now, not at exit.
+    data_iter.close()
   writer.close()
   report = write_test_report(trainer)
   if run_smote:  # Feature-space SMOTE on the best checkpoint's embeddings: WORKDIR/embeddings, WORKDIR/smote.
