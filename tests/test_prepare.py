@@ -170,6 +170,18 @@ def test_a_flipped_bit_in_the_pixel_data_is_reported_not_trained_on(tmp_path, wh
   assert got is None and err[0] == "corrupt", err
 
 
+@pytest.mark.parametrize("keep", [4, 30, 60, 0.5])
+def test_a_png_cut_anywhere_is_truncated(tmp_path, keep):
+  """Cut inside the signature, the header, the pixel data: PIL calls some of these unidentifiable."""
+  path = _png(tmp_path / "g.png", np.random.default_rng(6).integers(0, 256, (64, 64), dtype=np.uint8))
+  with open(path, "rb") as f:
+    data = f.read()
+  with open(path, "wb") as f:
+    f.write(data[:int(keep * len(data)) if keep < 1 else keep])
+  got, err = datasets.decode(path, 32)
+  assert got is None and err[0] == "truncated", err
+
+
 def test_strict_fails_naming_every_bad_file(tiny_data_dir, tmp_path):
   d, picked, _ = _damaged_copy(tiny_data_dir, tmp_path, missing=False)
   with pytest.raises(nih.DataError, match="data.strict: 3 of") as e:

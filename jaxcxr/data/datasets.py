@@ -150,8 +150,14 @@ def _decode_grey8_png(data):
   return a if a.ndim == 2 and a.dtype == np.uint8 and min(a.shape) > 0 else None
 
 
+def _cut_png(data):
+  """True for the start of a PNG whose end (its IEND chunk) is missing: a file cut short."""
+  return data.startswith(_PNG_SIGNATURE[:len(data)]) and b"IEND" not in data[-4096:]
+
+
 def decode(path, size):
   """Reads one image file as (size, size) uint8 grey; returns (array, None) or (None, (reason, detail))."""
+  data = b""
   try:
     with open(path, "rb") as f:
       data = f.read()
@@ -169,7 +175,8 @@ def decode(path, size):
     return None, ("missing", "file vanished during preparation")
   except (EOFError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     text = f"{type(e).__name__}: {e}".replace(path, os.path.basename(path))
-    reason = "truncated" if isinstance(e, EOFError) or "truncated" in str(e).lower() else "corrupt"
+    truncated = isinstance(e, EOFError) or "truncated" in str(e).lower() or _cut_png(data)
+    reason = "truncated" if truncated else "corrupt"
     return None, (reason, text)
   if a.ndim != 2 or min(a.shape) == 0:
     return None, ("corrupt", f"unexpected pixel array shape {a.shape}")
