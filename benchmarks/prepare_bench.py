@@ -135,7 +135,7 @@ def main():
     print(f"Writing {args.num_images} 1024x1024 PNGs to {directory} ...", flush=True)
     meta = write_data(directory, num_images=args.num_images)
     mb = np.mean([os.path.getsize(os.path.join(directory, "images", n)) for n in meta.names]) / 1e6
-    rows = []  # (what, images per wall second, images per CPU second, goal per core)
+    rows = []  # (what, images per wall second, images per CPU second, goal per core, processes decoding)
 
     def record(name, runs, goal, processes=None):
       wall, cpu = _median(runs)
