@@ -468,9 +468,7 @@ def run_bench(config, *, parts, steps, warmup, windows, peer, data, synthetic_im
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  cli.setup_logging()
+  cli.start(argv)
   config = FLAGS.config
   with cli.user_errors("jaxcxr.bench", nih.DataError, ValueError, RuntimeError):
     results = run_bench(config, parts=[p.strip() for p in FLAGS.parts if p.strip()], steps=FLAGS.steps,

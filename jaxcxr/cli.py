@@ -5,6 +5,7 @@ import logging as pylogging
 import os
 import sys
 
+from absl import app
 from absl import logging
 
 
@@ -19,6 +20,14 @@ class _QuietLibraries(pylogging.Filter):
 def setup_logging():
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
+
+
+def start(argv, *, logs=True):
+  """What every command's main does first: refuse stray arguments (a usage error), then set up logging."""
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if logs:
+    setup_logging()
 
 
 @contextlib.contextmanager

@@ -18,6 +18,8 @@ import sys
 from absl import app
 from absl import flags
 
+from jaxcxr import cli
+
 _INPUT = flags.DEFINE_string("input", None, "PyTorch weights: a .pth/.pt state_dict or checkpoint.")
 _OUTPUT = flags.DEFINE_string("output", None, "The .safetensors file to write.")
 _TRUST_PICKLE = flags.DEFINE_bool(
@@ -105,8 +107,7 @@ def check(path, model_name):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.start(argv, logs=False)
   if not _INPUT.value or not _OUTPUT.value:
     raise app.UsageError("Both --input and --output are required.")
   if not os.path.isfile(_INPUT.value):

@@ -383,9 +383,7 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  cli.setup_logging()
+  cli.start(argv)
   with cli.user_errors("jaxcxr.evaluate", nih.DataError, EvaluationError, calibration_lib.CalibrationError):
     config = FLAGS.config if FLAGS.config is not None else load_workdir_config(FLAGS.workdir)
     evaluate_checkpoint(config, FLAGS.workdir, checkpoint=FLAGS.checkpoint, split=FLAGS.split,

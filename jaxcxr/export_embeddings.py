@@ -38,9 +38,7 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  cli.setup_logging()
+  cli.start(argv)
   with cli.user_errors("jaxcxr.export_embeddings", nih.DataError, evaluate.EvaluationError,
                        embeddings.EmbeddingsError):
     config = FLAGS.config if FLAGS.config is not None else evaluate.load_workdir_config(FLAGS.workdir)

@@ -139,9 +139,7 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  cli.setup_logging()
+  cli.start(argv)
   with cli.user_errors("jaxcxr.inspect_data", nih.DataError, ValueError):
     summary = inspect(FLAGS.config, num_batches=FLAGS.num_batches, out_dir=FLAGS.out, top=FLAGS.top,
                       progress=not FLAGS.json)

@@ -39,9 +39,7 @@ def _init_distributed():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  cli.setup_logging()
+  cli.start(argv)
   with cli.user_errors("jaxcxr", cluster.ClusterError):
     _init_distributed()
   cli.enable_compilation_cache(FLAGS.config.train.compilation_cache)

@@ -8,6 +8,7 @@ The folder can then be used like a real NIH download (data.source='nih', data.di
 from absl import app
 from absl import flags
 
+from jaxcxr import cli
 from jaxcxr.data import phantom
 from jaxcxr.data.nih import CLASSES
 
@@ -54,8 +55,7 @@ def format_summary(summary):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  cli.start(argv, logs=False)
   prevalence = None if _HERNIA_PREVALENCE.value is None else {"Hernia": _HERNIA_PREVALENCE.value}
   summary = phantom.generate(_OUT.value, num_images=_NUM_IMAGES.value, image_size=_IMAGE_SIZE.value,
                              seed=_SEED.value, label_noise=_LABEL_NOISE.value, prevalence=prevalence,

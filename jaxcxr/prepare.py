@@ -35,9 +35,7 @@ flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  cli.setup_logging()
+  cli.start(argv)
   config = FLAGS.config
   if FLAGS.strict is not None:
     config.data.strict = FLAGS.strict

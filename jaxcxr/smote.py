@@ -522,9 +522,7 @@ def define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  cli.setup_logging()
+  cli.start(argv)
   from jaxcxr import evaluate  # pylint: disable=g-import-not-at-top
   with cli.user_errors("jaxcxr.smote", nih.DataError, SmoteError, emb_lib.EmbeddingsError,
                        evaluate.EvaluationError):

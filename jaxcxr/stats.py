@@ -98,8 +98,7 @@ def format_table(stats):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  cli.start(argv, logs=False)
   with cli.user_errors("jaxcxr.stats", nih.DataError):
     stats = compute(FLAGS.config, _data_dir(FLAGS.config))
   print(json.dumps(stats, indent=2) if FLAGS.json else format_table(stats))
