@@ -8,7 +8,7 @@ setuptools.setup(
     description="JAX/Flax chest X-ray classification for badly imbalanced findings (NIH ChestX-ray14).",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=setuptools.find_packages(include=["jaxcxr", "jaxcxr.*", "configs"]),
+    packages=setuptools.find_packages(include=["jaxcxr", "jaxcxr.*"]),
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.7,<0.11",

@@ -13,7 +13,7 @@ same data, for the imbalance study on 2 CPU cores:
   python -m jaxcxr.study --config=configs/demo.py:quick --workdir=/tmp/jaxcxr_study
 """
 
-from configs import arms
+from jaxcxr import arms
 from configs import base
 
 

@@ -9,7 +9,7 @@ same + focal loss).
 """
 
 from configs import base
-from configs import arms
+from jaxcxr import arms
 
 
 def get_config(arg="weighted"):

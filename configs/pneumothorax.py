@@ -7,7 +7,7 @@ Arms (after the colon): baseline (plain BCE), weighted (cost-sensitive BCE; the 
 """
 
 from configs import base
-from configs import arms
+from jaxcxr import arms
 
 
 def get_config(arg="weighted"):

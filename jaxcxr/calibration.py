@@ -22,6 +22,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from jaxcxr import errors
+
 METHODS = ("none", "temperature", "platt")
 # Probabilities are clipped to [EPS, 1 - EPS] before taking logits: float32 sigmoid outputs reach 0 and 1.
 EPS = 1e-12
@@ -29,7 +31,7 @@ EPS = 1e-12
 T_RANGE = 100.0
 
 
-class CalibrationError(ValueError):
+class CalibrationError(errors.UserError, ValueError):
   """A calibration method or its input is invalid."""
 
 

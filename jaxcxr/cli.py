@@ -8,6 +8,8 @@ import sys
 from absl import app
 from absl import logging
 
+from jaxcxr import errors
+
 
 class _QuietLibraries(pylogging.Filter):
   """Keeps Orbax's and Grain's per-save INFO chatter out of the console; their warnings still show."""
@@ -31,13 +33,21 @@ def start(argv, *, logs=True):
 
 
 @contextlib.contextmanager
-def user_errors(prog, *errors):
-  """Turns `errors` (bad data, config or checkpoint: things the user fixes) into one line and exit 1."""
+def user_errors(prog, *extra):
+  """Turns a user's error (errors.UserError and `extra`) into one line on stderr and exit code 2."""
   try:
     yield
-  except errors as e:
+  except (errors.UserError, *extra) as e:
     print(f"\n{prog}: {e}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(2)
+
+
+def run(main, prog):
+  """`absl.app.run(main)` with user errors caught in one place: every command's `__main__` calls this."""
+  def guarded(argv):
+    with user_errors(prog):
+      return main(argv)
+  app.run(guarded)
 
 
 def enable_compilation_cache(path, *, min_compile_time_secs=1.0, min_entry_size_bytes=0):

@@ -24,13 +24,15 @@ from typing import Mapping, Optional
 
 from absl import logging
 
+from jaxcxr import errors
+
 
 # Explicit arguments: skip JAX's cluster probes (they would, e.g., warn on Kubernetes without the
 # `kubernetes` package); every local device stays visible to the one process of its host or pod.
 _NO_DETECTION = {"cluster_detection_method": "deactivate"}
 
 
-class ClusterError(ValueError):
+class ClusterError(errors.UserError, ValueError):
   """The flags or the environment describe an incomplete multi-process run; the message says what to set."""
 
 

@@ -19,6 +19,7 @@ from absl import app
 from absl import flags
 
 from jaxcxr import cli
+from jaxcxr import errors
 
 _INPUT = flags.DEFINE_string("input", None, "PyTorch weights: a .pth/.pt state_dict or checkpoint.")
 _OUTPUT = flags.DEFINE_string("output", None, "The .safetensors file to write.")
@@ -35,7 +36,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --output if it exist
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema")
 
 
-class ConversionError(RuntimeError):
+class ConversionError(errors.UserError, RuntimeError):
   pass
 
 

@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from jaxcxr import errors
 from jaxcxr import train
 from jaxcxr.data import datasets
 from jaxcxr.data import nih
@@ -37,7 +38,7 @@ SPLITS = ("train", "val", "test")
 FIELDS = ("features", "labels", "image_ids", "patient_ids", "is_view", "backbone_probs")
 
 
-class EmbeddingsError(Exception):
+class EmbeddingsError(errors.UserError):
   """The embeddings cannot be made or read as asked; the message says why and what to do."""
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from jaxcxr import bootstrap
 from jaxcxr import cli
 from jaxcxr import calibration as calibration_lib
+from jaxcxr import errors
 from jaxcxr import metrics as metrics_lib
 from jaxcxr import train
 from jaxcxr.data import nih
@@ -41,7 +42,7 @@ _SHOULD_MATCH = ("seed", "data.source", "data.split", "data.val_fraction", "data
                  "data.phantom.hernia_prevalence", "data.phantom.label_noise", "data.phantom.seed")
 
 
-class EvaluationError(Exception):
+class EvaluationError(errors.UserError):
   """The evaluation cannot run as asked; the message says why and what to do."""
 
 

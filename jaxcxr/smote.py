@@ -52,6 +52,7 @@ import tqdm
 
 from jaxcxr import cli
 from jaxcxr import embeddings as emb_lib
+from jaxcxr import errors
 from jaxcxr import losses
 from jaxcxr import metrics as metrics_lib
 from jaxcxr import train
@@ -61,7 +62,7 @@ METHODS = ("none", "random", "smote", "borderline1", "borderline2", "adasyn")
 HEADS = ("linear", "mlp")
 
 
-class SmoteError(Exception):
+class SmoteError(errors.UserError):
   """The SMOTE stage cannot run as asked; the message says why and what to do."""
 
 

@@ -5,7 +5,7 @@
   python -m jaxcxr.study --config=configs/demo.py:quick --workdir=/tmp/s --arms=baseline,focal --seeds=1
 
 The config string names no arm (its modifiers, e.g. `quick`, are kept); the study adds each arm of
-`configs/arms.py` in turn (or those of --arms) and trains it, in this process and one after another, in
+`jaxcxr/arms.py` in turn (or those of --arms) and trains it, in this process and one after another, in
 WORKDIR/<arm>/seed<s>/ with config.seed = s (s = config.seed, config.seed + 1, ...; the data, including
 the phantom's generator seed, stay the same for every run; with data.split='official' only the
 validation carve-out follows the seed). --config.FIELD=VALUE overrides apply to every run. A rerun skips
@@ -47,9 +47,10 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from configs import arms as arms_lib
+from jaxcxr import arms as arms_lib
 from jaxcxr import bootstrap
 from jaxcxr import cli
+from jaxcxr import errors
 from jaxcxr import metrics as metrics_lib
 from jaxcxr import train
 from jaxcxr.data import datasets
@@ -67,7 +68,7 @@ DEFAULT_SEEDS, QUICK_SEEDS = 3, 1
 SCORES_FILE = "test_scores.npz"
 
 
-class StudyError(Exception):
+class StudyError(errors.UserError):
   """The study cannot run as asked; the message says why and what to do."""
 
 
@@ -493,7 +494,7 @@ def run_study(make_config: Callable[[str], ml_collections.ConfigDict], workdir: 
   Args:
     make_config: arm -> the config of that arm (see `config_factory`).
     workdir: the study's folder; each run goes to WORKDIR/<arm>/seed<s>.
-    arms: the arms (default: every arm in configs/arms.py ARMS).
+    arms: the arms (default: every arm in jaxcxr/arms.py ARMS).
     num_seeds: runs per arm.
     bootstrap_samples: patient-bootstrap samples of the intervals (0: no intervals).
     alpha: 1 - confidence level of the intervals.
@@ -603,9 +604,9 @@ def define_flags():
                       "study.csv, study_runs.csv, study.json and study.png. A rerun skips finished runs.")
   config_flags.DEFINE_config_file(
       "config", None, "Config file without an arm, optionally with modifiers: configs/demo.py:quick, "
-      "configs/hernia.py. Each arm of configs/arms.py is added in turn. --config.FIELD=VALUE overrides "
+      "configs/hernia.py. Each arm of jaxcxr/arms.py is added in turn. --config.FIELD=VALUE overrides "
       "apply to every run.", lock_config=True)
-  flags.DEFINE_list("arms", None, "Arms to run (default: every arm in configs/arms.py ARMS).")
+  flags.DEFINE_list("arms", None, "Arms to run (default: every arm in jaxcxr/arms.py ARMS).")
   flags.DEFINE_integer("seeds", None, f"Runs per arm, with config.seed, config.seed + 1, ... (default "
                        f"{QUICK_SEEDS} for a ':quick' config string, else {DEFAULT_SEEDS}).")
   flags.DEFINE_integer("bootstrap_samples", 1000, "Patient-bootstrap samples of the intervals (0: none).")

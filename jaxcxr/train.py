@@ -22,6 +22,7 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 
+from jaxcxr import errors
 from jaxcxr import losses
 from jaxcxr import metrics as metrics_lib
 from jaxcxr import models
@@ -36,7 +37,7 @@ from jaxcxr.models import weights
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(errors.UserError, RuntimeError):
   """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from configs import arms, base, demo, hernia, pneumothorax
+from configs import base, demo, hernia, pneumothorax
+from jaxcxr import arms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -167,7 +167,7 @@ def test_command_line(run, tmp_path):
 
 def test_command_line_error_is_one_clear_message(tmp_path):
   proc = _cli([f"--workdir={tmp_path / 'nothing_here'}"], tmp_path)
-  assert proc.returncode == 1
+  assert proc.returncode == 2
   assert "Traceback" not in proc.stderr
   assert "nothing_here/config.json not found: pass --config" in proc.stderr
 

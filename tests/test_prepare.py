@@ -248,7 +248,7 @@ def test_prepare_cli_prints_counts_and_strict_exits(tiny_data_dir, tmp_path):
   cmd = [sys.executable, "-m", "jaxcxr.prepare", "--config=configs/base.py", f"--config.data.dir={d}",
          f"--config.data.image_size={SIZE}", "--notfds"]
   strict = subprocess.run(cmd + ["--strict"], cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert strict.returncode == 1, strict.stderr
+  assert strict.returncode == 2, strict.stderr
   assert picked["corrupt"] in strict.stderr and "data.strict" in strict.stderr
   ok = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
   assert ok.returncode == 0, ok.stderr

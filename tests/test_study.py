@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from configs import arms
+from jaxcxr import arms
 from configs import demo
 from configs import hernia
 from jaxcxr import bootstrap
@@ -248,7 +248,7 @@ def test_cli_help_and_arm_in_config_string(tmp_path):
   assert "--seeds" in out.stdout and "study.md" in out.stdout  # absl exits 1 after --help.
   bad = subprocess.run([sys.executable, "-m", "jaxcxr.study", "--config=configs/demo.py:quick,focal",
                         f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
-  assert bad.returncode == 1 and "--arms=focal" in bad.stderr and "Traceback" not in bad.stderr
+  assert bad.returncode == 2 and "--arms=focal" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_smote_arms_report_from_their_own_folder(tiny_data_dir, tmp_path):

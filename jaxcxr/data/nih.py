@@ -34,8 +34,10 @@ import re
 
 import numpy as np
 
+from jaxcxr import errors
 
-class DataError(Exception):
+
+class DataError(errors.UserError):
   """Bad or missing input data; the message names the file, row or field and what to do."""
 
 

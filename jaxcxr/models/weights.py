@@ -31,6 +31,8 @@ import numpy as np
 from flax import traverse_util
 from flax.core import frozen_dict
 
+from jaxcxr import errors
+
 # Keys in the file that belong to ImageNet's classifier; the model's own head stays as initialised.
 _CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.fc.")
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
@@ -51,7 +53,7 @@ _RESNET_STAGES = {
 }
 
 
-class WeightImportError(ValueError):
+class WeightImportError(errors.UserError, ValueError):
   """The file does not fit the model. `missing`, `unexpected` and `mismatched` list every problem."""
 
   def __init__(self, path, model_name, missing, unexpected, mismatched):
