@@ -187,4 +187,21 @@ def get_config(arg=None):
   config.smote.views = 0
   # Checkpoint of the training run the embeddings come from: 'best', 'latest' or a step number.
   config.smote.checkpoint = "best"
+
+  config.crt = ml_collections.ConfigDict()
+  # Decoupled classifier re-training (cRT, Kang et al. 2020; best on NIH-CXR-LT) after training: the
+  # backbone is frozen, a new linear head is trained on its training embeddings with class-balanced
+  # sampling (P(image) proportional to the sum of 1 / n_class over its labels), reported in WORKDIR/crt/ and
+  # written back into a checkpoint there. Arm 'crt' turns it on.
+  config.crt.enabled = False
+  # Loss of the new head: '' = the config's loss (loss.name and its fields), else a loss.name.
+  config.crt.loss = ""
+  # Optimiser steps, peak learning rate (AdamW, cosine decay), batch size and kernel weight decay.
+  config.crt.head = "linear"  # The only kind: a linear head is what replaces the model's own.
+  config.crt.steps = 2000
+  config.crt.learning_rate = 1e-3
+  config.crt.batch_size = 512
+  config.crt.weight_decay = 1e-4
+  # Checkpoint of the training run whose embeddings are used: 'best', 'latest' or a step number.
+  config.crt.checkpoint = "best"
   return config

@@ -6,7 +6,7 @@ The config string (after the colon) is a comma-separated list of tokens: at most
 config's modifiers, in any order, e.g. `configs/demo.py:quick,focal`; see `parse_config_string`.
 """
 
-ARMS = ("baseline", "weighted", "focal", "oversample", "hybrid", "smote", "smote_hybrid")
+ARMS = ("baseline", "weighted", "focal", "oversample", "hybrid", "smote", "smote_hybrid", "crt")
 
 
 def apply_arm(config, arm):
@@ -39,6 +39,9 @@ def apply_arm(config, arm):
     config.smote.method = "smote"
     config.smote.views = 4
     config.smote.loss = "focal"
+  elif arm == "crt":  # Plain-BCE backbone, then decoupled classifier re-training with class-balanced sampling.
+    config.loss.name = "bce"
+    config.crt.enabled = True
   else:
     raise ValueError(f"Unknown arm {arm!r}; choose one of {', '.join(ARMS)}.")
   config.arm = arm

@@ -158,15 +158,15 @@ def _resample_label(features, y, method, *, k, ratio, n_new, seed, negatives_kep
   MINORITY_ONLY methods with more than `negatives_kept` negatives (see `resample`), else from all rows."""
   neg = np.flatnonzero(y == 0)
   if method not in MINORITY_ONLY or len(neg) <= negatives_kept:
-    return _fit_resample(method, features, y, k=k, ratio=ratio, seed=seed)
+    return fit_resample(method, features, y, k=k, ratio=ratio, seed=seed)
   # Sorted rows keep the positives in their order, so the neighbours and random draws are those of the
   # full-rows call; the explicit count replaces the ratio, which would be taken of the kept negatives.
   rows = np.sort(np.concatenate([np.flatnonzero(y == 1), neg[:negatives_kept]]))
   n_pos = len(rows) - negatives_kept
-  return _fit_resample(method, features[rows], y[rows], k=k, ratio={1: n_pos + n_new}, seed=seed)
+  return fit_resample(method, features[rows], y[rows], k=k, ratio={1: n_pos + n_new}, seed=seed)
 
 
-def _fit_resample(method, features, y, *, k, ratio, seed):
+def fit_resample(method, features, y, *, k, ratio, seed):
   """The synthetic positive rows the resampler adds for the binary target `y`."""
   x_res, y_res = make_resampler(method, k_neighbors=k, ratio=ratio, seed=seed).fit_resample(features, y)
   xs, ys = x_res[len(features):], y_res[len(features):]

@@ -103,16 +103,15 @@ def test_eval_never_augments_train_does(tiny_data_dir, tmp_path, monkeypatch):
   config = tiny_config(tiny_data_dir, arm="oversample")
   splits = datasets.load_splits(config)
   monkeypatch.setattr(train.augment, "make_augment_fn", spy_factory)
-  trainer = train.Trainer(config, str(tmp_path / "on"), splits=splits)
+  labels = splits["train"].meta.labels
+  trainer = train.Trainer(config, num_pos=labels.sum(0), num_total=len(labels), splits=splits)
   probs = trainer.predict(trainer.state, splits["val"])
   assert not calls  # predict (validation and test) never calls the augmentation.
-  # Same predictions as the plain eval step of an unaugmented mesh.
-  _, plain_eval = train.jit_steps(trainer.mesh, lambda logits, labels: logits)
-  plain = np.concatenate([train.to_host(plain_eval(trainer.state, trainer.global_batch(local)))[:valid]
-                          for local, valid in train.pipeline.eval_batches(
-                              splits["val"], global_batch=trainer.eval_batch_size)])
+  # Same predictions as the model context's plain predict step (which has no augmentation to call).
+  plain = trainer.ctx.predict(train.variables_of(trainer.state),
+                              splits["val"].images[splits["val"].rows])
   np.testing.assert_array_equal(probs, plain)
   # The train step does augment.
   batch = {"image": np.zeros((16, 32, 32, 1), np.uint8), "labels": np.zeros((16, 14), np.float32)}
-  jax.eval_shape(trainer.train_step, trainer.state, trainer.global_batch(batch))
+  jax.eval_shape(trainer.train_step, trainer.state, trainer.ctx.global_batch(batch))
   assert calls

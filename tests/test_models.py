@@ -33,9 +33,14 @@ def test_logits_and_features_shapes():
   model = models.get_model("resnet_tiny", num_classes=14)
   x = jnp.zeros((3, 32, 32, 1))
   variables = model.init(jax.random.key(0), x, train=False)
-  assert model.apply(variables, x, train=False).shape == (3, 14)
-  feats = model.apply(variables, x, train=False, features=True)
+  logits, aux = model.apply(variables, x, train=False)
+  assert logits.shape == (3, 14)
+  feats = aux["pre_logits"]
   assert feats.shape == (3, 16) and feats.dtype == jnp.float32
+  assert aux["feature_map"].shape == (3, 4, 4, 16)  # 32 px: /4 in the stem, /2 in stage 2.
+  head = variables["params"]["head"]
+  np.testing.assert_allclose(logits, feats @ head["kernel"] + head["bias"], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(feats, aux["feature_map"].mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
 
 
 def test_prior_bias_makes_initial_probabilities_equal_prevalence():
@@ -52,7 +57,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   x = jnp.ones((2, 32, 32, 1))
   variables = model.init(jax.random.key(0), x, train=False)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
-  assert model.apply(variables, x, train=False).dtype == jnp.float32
+  assert model.apply(variables, x, train=False)[0].dtype == jnp.float32
 
 
 def test_unknown_model_name_lists_choices():

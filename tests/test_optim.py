@@ -9,12 +9,14 @@ import pytest
 
 from configs import chexnet
 from configs import demo
+from jaxcxr import experiment
+from jaxcxr import model_context
 from jaxcxr import train
 from tests.helpers import tiny_config
 
 
 def _state(config):
-  model = train.create_model(config, prevalence=np.full(14, 0.05))
+  model = model_context.create_model(config, prevalence=np.full(14, 0.05))
   return train.create_train_state(config, model, jax.random.key(0, impl="rbg"), 32)
 
 
@@ -103,7 +105,7 @@ def test_plateau_run_logs_validation_loss_and_scaled_learning_rate(tiny_data_dir
   config.train.optimizer, config.train.schedule = "adam", "plateau"
   config.train.plateau_patience = 1
   config.train.plateau_rtol = 0.9  # Only a 10x drop in validation loss counts: every evaluation decays.
-  train.train_and_evaluate(config, str(tmp_path))
+  experiment.run(config, str(tmp_path))
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   val = [l["val_loss"] for l in lines if "val_loss" in l]
   assert len(val) == 4 and all(np.isfinite(val))
