@@ -14,6 +14,12 @@ and F1 at a FIXED threshold) evaluate a whole chunk of samples with a few vector
 no per-sample sort and no scikit-learn call. Any other callable `fn(labels, scores) -> float or None` also
 works, evaluated once per sample on the resampled arrays (general, but slow).
 
+Those thresholded intervals hold the validation-chosen threshold fixed, so they leave out the
+uncertainty of the choice itself, large when validation holds a handful of positives.
+`joint_threshold_intervals` resamples the patients of validation and test together (independently within
+each), re-chooses every class's threshold on each validation resample with the same rule as
+`metrics.select_thresholds` and measures recall, precision, specificity or F1 on the paired test resample.
+
 Conventions follow `jaxcxr.metrics`: labels > 0.5 are positive, a sample is predicted positive when
 `score >= threshold`, AUPRC is average precision, and an undefined metric is None. Samples where the
 metric is undefined (e.g. no positive drawn) are skipped; if fewer than `min_valid_fraction` of the
