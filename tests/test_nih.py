@@ -327,6 +327,16 @@ def test_split_dispatcher_official_is_official_split(meta, official):
   assert all(s[k].names.tolist() == official[k].names.tolist() for k in official)
 
 
+def test_tiny_fixture_has_target_patients_in_every_split(tiny_data_dir):
+  from jaxcxr.data import datasets  # pylint: disable=g-import-not-at-top  (images: only for this test)
+  from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tiny_data_dir)
+  splits = datasets.load_splits(config)
+  d = nih.describe_split({k: s.meta for k, s in splits.items()}, target=config.data.target)
+  assert all(d[k]["target_patients"] >= 2 for k in ("train", "val", "test")), d
+  assert d["train"]["target_patients"] > d["val"]["target_patients"]
+
+
 # -------------------------------------------------------------------------------------------- Table 1
 
 
