@@ -9,8 +9,8 @@ The library behind `python -m jaxcxr.study` (jaxcxr/study.py holds its flags):
 The config string names no arm (its modifiers, e.g. `quick`, are kept); the study adds each arm of
 `jaxcxr/arms.py` in turn (or those of --arms) and trains it, in this process and one after another, in
 WORKDIR/<arm>/seed<s>/ with config.seed = s (s = config.seed, config.seed + 1, ...; the data, including
-the phantom's generator seed, stay the same for every run; with data.split='official' only the
-validation carve-out follows the seed). --config.FIELD=VALUE overrides apply to every run. A rerun skips
+the phantom's generator seed, stay the same for every run, and so do the splits, which follow
+data.split_seed only). --config.FIELD=VALUE overrides apply to every run. A rerun skips
 runs whose final report exists (WORKDIR/<arm>/seed<s>/report/report.json, or smote/report.json for SMOTE
 arms) and resumes unfinished ones from their checkpoints.
 

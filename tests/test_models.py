@@ -44,12 +44,22 @@ def test_logits_and_features_shapes():
 
 
 def test_prior_bias_makes_initial_probabilities_equal_prevalence():
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  from jaxcxr import model_context  # pylint: disable=g-import-not-at-top  (the config -> head bias path)
   prevalence = np.linspace(0.002, 0.3, 14)
-  bias = np.log(prevalence / (1 - prevalence))
-  model = models.get_model("resnet_tiny", num_classes=14, head_bias_init=tuple(bias))
-  x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 1))
-  variables = model.init(jax.random.key(0), x, train=False)
-  np.testing.assert_allclose(variables["params"]["head"]["bias"], bias, rtol=1e-6)
+  config = demo.get_config("baseline")
+  config.unlock()
+  config.model.name, config.model.head_bias = "resnet_tiny", "prior"
+  x = jax.random.uniform(jax.random.key(1), (3, 32, 32, 1))
+  for head_bias, expected in (("prior", prevalence), ("zero", np.full(14, 0.5))):
+    config.model.head_bias = head_bias
+    model = model_context.create_model(config, prevalence=prevalence)
+    variables = model.init(jax.random.key(0), x, train=False)
+    # With the head's kernel at zero the logits are the bias alone: the probabilities are the prior.
+    params = {**variables["params"], "head": {**variables["params"]["head"],
+                                              "kernel": jnp.zeros_like(variables["params"]["head"]["kernel"])}}
+    probs = jax.nn.sigmoid(model.apply({**variables, "params": params}, x, train=False)[0])
+    np.testing.assert_allclose(probs, np.broadcast_to(expected, (3, 14)), rtol=1e-5)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():

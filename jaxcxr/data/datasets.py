@@ -343,7 +343,7 @@ def _nih_meta(config, directory):
     raise nih.DataError(f"No NIH ChestX-ray14 label file ({nih.LABEL_FILE}) in {directory}.\n{NIH_DOWNLOAD}")
   meta = nih.read_labels(label_file)
   splits = nih.split(meta, directory, name=config.data.split, val_fraction=config.data.val_fraction,
-                     seed=config.seed)
+                     seed=config.data.get("split_seed", 0), target=config.data.target)  # Not config.seed.
   return meta, splits
 
 
