@@ -34,12 +34,13 @@ def start(argv, *, logs=True):
 
 @contextlib.contextmanager
 def user_errors(prog, *extra):
-  """Turns a user's error (errors.UserError and `extra`) into one line on stderr and exit code 2."""
+  """Turns a user's error (errors.UserError and `extra`) into one line on stderr and exit code 2 (or the
+  error's own `exit_code`, e.g. errors.Preempted's 75)."""
   try:
     yield
   except (errors.UserError, *extra) as e:
     print(f"\n{prog}: {e}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(getattr(e, "exit_code", 2))
 
 
 def run_config(config, workdir):

@@ -33,13 +33,14 @@ def test_report(ctx: model_context.ModelContext, *, checkpoint="best") -> dict:
   config = ctx.config
   step, variables = ctx.restore(checkpoint)
   val, test = ctx.splits["val"], ctx.splits["test"]
-  scores = ctx.predict_split(variables, test)
-  report = reports.build_report(config, step=step, val_labels=val.meta.labels,
-                                val_scores=ctx.predict_split(variables, val), labels=test.meta.labels,
-                                scores=scores)
+  scores, val_scores = ctx.predict_split(variables, test), ctx.predict_split(variables, val)
+  report = reports.build_report(config, step=step, val_labels=val.meta.labels, val_patients=val.meta.patients,
+                                val_scores=val_scores, labels=test.meta.labels, scores=scores)
   if jax.process_index() == 0:
     out_dir = os.path.join(ctx.workdir, "report")
-    reports.write(report, out_dir, labels=test.meta.labels, scores=scores, highlight=config.data.target)
+    reports.write(report, out_dir, labels=test.meta.labels, scores=scores, highlight=config.data.target,
+                  arrays={"patients": test.meta.patients, "val_labels": val.meta.labels, "val_scores": val_scores,
+                          "val_patients": val.meta.patients})
     reports.show(report, f"Test report ({report['split']}, checkpoint step {step}, thresholds by "
                  f"{report['threshold_rule']} on validation)", out_dir=out_dir)
   return report

@@ -99,7 +99,7 @@ def write_back(ctx: model_context.ModelContext, out: str, *, step: int, kernel, 
   metric = 0.0 if val_metric is None else float(val_metric)
   manager = runfolder.checkpoint_manager(out, create=True)
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(variables)),
-               metrics={runfolder.BEST_METRIC: metric})
+               metrics={runfolder.BEST_METRIC: metric, runfolder.RANK_KEY: runfolder.BEST_METRIC})
   manager.wait_until_finished()
   manager.close()
   return ckpt_dir
@@ -199,7 +199,7 @@ def _report_head(ctx, out, *, embeddings, meta, head, kind, extra, title, verbos
   backbone = reports.build_report(config, step=step, val_labels=val.labels, val_scores=val.backbone_probs,
                                   labels=test.labels, scores=test.backbone_probs)
   report = reports.build_report(config, step=step, val_labels=val.labels, val_scores=val_scores,
-                                labels=test.labels, scores=test_scores, extra=extra)
+                                val_patients=val.patient_ids, labels=test.labels, scores=test_scores, extra=extra)
   report["backbone"] = {k: backbone[k] for k in ("checkpoint_step", "threshold_rule", "classes", "macro")}
   if kind == "linear":
     kernel, bias = heads.fold_linear(params, mean, std)
@@ -212,7 +212,9 @@ def _report_head(ctx, out, *, embeddings, meta, head, kind, extra, title, verbos
                                  "reported on embeddings only (use smote.head='linear' to evaluate on images)")
     logging.warning("%s head: %s.", kind, report["write_back_note"])
   if jax.process_index() == 0:
-    reports.write(report, out, labels=test.labels, scores=test_scores, highlight=target)
+    reports.write(report, out, labels=test.labels, scores=test_scores, highlight=target,
+                  arrays={"patients": test.patient_ids, "val_labels": val.labels, "val_scores": val_scores,
+                          "val_patients": val.patient_ids})
     with open(os.path.join(out, "report.md"), "a") as f:
       f.write(_markdown_extra(report))
     if verbose:

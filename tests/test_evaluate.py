@@ -93,6 +93,17 @@ def test_intervals_bracket_the_point_estimates(evaluated):
   assert some_defined >= 20
 
 
+def test_joint_intervals_carry_the_thresholds_uncertainty(evaluated):
+  """The joint (validation + test) bootstrap re-chooses the threshold per resample, so its recall interval
+  is at least as wide as the fixed-threshold one for the target, which has few validation positives."""
+  m = evaluated["classes"]["Hernia"]
+  assert m["n_pos"] > 0 and evaluated["validation"]["target_images"] > 0
+  fixed, joint = m["recall_ci"], m["recall_ci_joint"]
+  assert fixed is not None and joint is not None
+  assert joint[1] - joint[0] >= fixed[1] - fixed[0] - 1e-12, (fixed, joint)
+  assert set(("recall_ci_joint", "precision_ci_joint", "f1_ci_joint")) <= set(m)
+
+
 def test_absent_step_names_the_available_steps(run, trainer):
   config, workdir, _ = run
   steps = sorted(trainer.checkpoints.all_steps())
