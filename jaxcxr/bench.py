@@ -107,7 +107,8 @@ def build(config):
     raise ValueError(f"train.batch_size={config.train.batch_size} does not divide by the {mesh.size} devices.")
   num_pos, num_total = _fake_counts(config)
   model = train.create_model(config, prevalence=num_pos / num_total)
-  loss_fn = losses.get_loss_fn(config.loss, num_pos=num_pos, num_total=num_total)
+  loss_fn = losses.get_loss_fn(config.loss, num_pos=num_pos, num_total=num_total,
+                               num_steps=config.train.num_steps)
   init = jax.jit(functools.partial(train.create_train_state, config, model, image_size=config.data.image_size),
                  out_shardings=NamedSharding(mesh, P()))
   state = init(jax.random.key(config.seed, impl="rbg"))

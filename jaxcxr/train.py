@@ -183,7 +183,7 @@ def train_step(state, batch, *, loss_fn, augment_fn=None, augment_seed=0):
   def compute_loss(params):
     logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images,
                                      train=True, mutable=["batch_stats"])
-    return loss_fn(logits, batch["labels"]).mean(), updates["batch_stats"]
+    return loss_fn(logits, batch["labels"], state.step).mean(), updates["batch_stats"]
 
   (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
@@ -297,7 +297,8 @@ class Trainer:
 
     # Model, loss, optimiser, replicated state.
     self.model = create_model(config, prevalence=self.prevalence)
-    loss_fn = losses.get_loss_fn(config.loss, num_pos=self.num_pos, num_total=len(train_labels))
+    loss_fn = losses.get_loss_fn(config.loss, num_pos=self.num_pos, num_total=len(train_labels),
+                                 num_steps=config.train.num_steps)
     _, self.schedule = create_optimizer(config)
     init = jax.jit(functools.partial(create_train_state, config, self.model, image_size=config.data.image_size),
                    out_shardings=self.replicated)

@@ -105,7 +105,7 @@ def test_non_finite_loss_names_step_and_keeps_last_checkpoint(tiny_data_dir, tmp
 
   def poisoned(config_loss, **kw):
     fn = real(config_loss, **kw)
-    return lambda logits, labels: fn(logits, labels) * jnp.where(jnp.any(labels < 0), 1.0, jnp.nan)
+    return lambda logits, labels, step: fn(logits, labels, step) * jnp.where(jnp.any(labels < 0), 1.0, jnp.nan)
 
   # First 4 good steps (checkpoints at 2 and 4), then a loss that is NaN from step 5 on.
   config4 = tiny_config(tiny_data_dir, num_steps=8, eval_every=100)
