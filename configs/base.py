@@ -180,8 +180,10 @@ def get_config(arg=None):
 
   config.smote = ml_collections.ConfigDict()
   # Feature-space resampling after training (jaxcxr.smote): 'none' (no SMOTE stage after training),
-  # 'random' (duplication), 'smote', 'borderline1', 'borderline2', 'adasyn' (imbalanced-learn). Fitted on
-  # the training embeddings only, one label at a time (one-vs-rest).
+  # 'random' (duplication), 'smote', 'borderline1', 'borderline2', 'adasyn' (imbalanced-learn), fitted one
+  # label at a time (one-vs-rest); or 'mlsmote' (Charte et al. 2015, jaxcxr/mlsmote.py: one synthetic row per
+  # row carrying each minority label, labels by the neighbours' majority; ignores `ratio`). Fitted on the
+  # training embeddings only.
   config.smote.method = "none"
   # Neighbours among a label's positives that SMOTE interpolates towards (ADASYN: its n_neighbors). A
   # label with fewer positives than this + 1 gets k = positives - 1 (duplication when it has one).

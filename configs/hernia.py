@@ -5,7 +5,8 @@
 
 Arms (after the colon): baseline (plain BCE, no rebalancing), weighted (cost-sensitive BCE; the default),
 focal (focal loss), oversample (Hernia makes up a quarter of every epoch + augmentation, BCE), hybrid (the
-same + focal loss).
+same + focal loss), and every other arm of jaxcxr.arms.ARMS: smote, smote_hybrid, mlsmote (feature-space
+resampling and a new head after training), asl, ldam_drw, logit_adjusted (long-tail losses).
 """
 
 from configs import base

@@ -6,7 +6,8 @@ The config string (after the colon) is a comma-separated list of tokens: at most
 config's modifiers, in any order, e.g. `configs/demo.py:quick,focal`; see `parse_config_string`.
 """
 
-ARMS = ("baseline", "weighted", "focal", "oversample", "hybrid", "smote", "smote_hybrid")
+ARMS = ("baseline", "weighted", "focal", "oversample", "hybrid", "smote", "smote_hybrid", "asl", "ldam_drw",
+        "logit_adjusted", "mlsmote")
 
 
 def apply_arm(config, arm):
@@ -39,6 +40,23 @@ def apply_arm(config, arm):
     config.smote.method = "smote"
     config.smote.views = 4
     config.smote.loss = "focal"
+  elif arm == "asl":  # Asymmetric loss (Ridnik et al. 2021) with the CXR-LT 2023 winner's gamma-, gamma+, clip.
+    config.loss.name = "asl"
+    config.loss.gamma_neg = 4.0
+    config.loss.gamma_pos = 1.0
+    config.loss.clip = 0.05
+  elif arm == "ldam_drw":  # LDAM margins (rarest class 0.5), class-balanced weights from 80% of training on.
+    config.loss.name = "ldam"
+    config.loss.max_margin = 0.5
+    config.loss.scale = 1.0
+    config.loss.drw_start = 0.8
+  elif arm == "logit_adjusted":  # BCE on logits + log prior odds (Menon et al. 2021); raw logits predict.
+    config.loss.name = "logit_adjusted"
+    config.loss.tau = 1.0
+    config.model.head_bias = "zero"  # The adjustment already adds the prior; a prior bias would double it.
+  elif arm == "mlsmote":  # Plain-BCE backbone, then MLSMOTE (multi-label) on its embeddings and a new head.
+    config.loss.name = "bce"
+    config.smote.method = "mlsmote"
   else:
     raise ValueError(f"Unknown arm {arm!r}; choose one of {', '.join(ARMS)}.")
   config.arm = arm

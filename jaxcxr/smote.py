@@ -7,7 +7,8 @@
 (`python -m jaxcxr.main --config=configs/demo.py:smote --workdir=W` runs all of it after training.)
 Without --config, WORKDIR/config.json is used; override fields with --config.smote.method=adasyn etc.
 
-1. Resampling (`smote.method`: none, random, smote, borderline1, borderline2, adasyn) with imbalanced-learn,
+1. Resampling (`smote.method`: none, random, smote, borderline1, borderline2, adasyn) with imbalanced-learn
+   ('mlsmote' instead resamples all labels at once: jaxcxr/mlsmote.py),
    fitted on the TRAINING embeddings only (validation and test never reach it), one label at a time:
    imbalanced-learn rejects multi-label targets, so for each label whose positives / negatives is below
    `smote.ratio`, X is resampled against that label's 0/1 column up to that ratio and the new positive
@@ -55,10 +56,11 @@ from jaxcxr import embeddings as emb_lib
 from jaxcxr import errors
 from jaxcxr import losses
 from jaxcxr import metrics as metrics_lib
+from jaxcxr import mlsmote
 from jaxcxr import train
 from jaxcxr.data import nih
 
-METHODS = ("none", "random", "smote", "borderline1", "borderline2", "adasyn")
+METHODS = ("none", "random", "smote", "borderline1", "borderline2", "adasyn", "mlsmote")
 HEADS = ("linear", "mlp")
 
 
@@ -148,6 +150,13 @@ def resample(features, labels, *, method: str, k_neighbors: int, ratio: float, s
   features = np.asarray(features, np.float32)
   labels = np.asarray(labels).astype(np.uint8)
   n, num_classes = labels.shape
+  if method == "mlsmote":  # Multi-label, all minority labels in one pass (jaxcxr/mlsmote.py); no ratio.
+    syn = mlsmote.generate(features, labels, k_neighbors=k_neighbors, seed=seed, classes=classes,
+                           progress=progress)
+    return Resampled(features=np.concatenate([features, syn.features]),
+                     labels=np.concatenate([labels, syn.labels]),
+                     is_synthetic=np.concatenate([np.zeros(n, bool), np.ones(len(syn.features), bool)]),
+                     origin_class=np.concatenate([np.full(n, -1, np.int64), syn.origin_class]), log=syn.log)
   new_x, new_y, new_c, log = [], [], [], []
   for c in tqdm.trange(num_classes, desc=f"resample ({method})", disable=not progress, dynamic_ncols=True):
     y = labels[:, c].astype(np.int64)
