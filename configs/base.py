@@ -109,7 +109,9 @@ def get_config(arg=None):
   config.model.init_from = ""
 
   config.loss = ml_collections.ConfigDict()
-  # 'bce', 'weighted_bce' (cost-sensitive), 'focal', 'class_balanced' (Cui et al. 2019 effective number).
+  # 'bce', 'weighted_bce' (cost-sensitive), 'focal', 'class_balanced' (Cui et al. 2019 effective number),
+  # 'asl' (asymmetric loss, Ridnik et al. 2021), 'ldam' (label-distribution-aware margins, Cao et al. 2019,
+  # with deferred re-weighting) or 'logit_adjusted' (Menon et al. 2021). See jaxcxr/losses.py.
   config.loss.name = "bce"
   # weighted_bce: how positive weights derive from training counts: 'inverse' (n_neg / n_pos),
   # 'sqrt_inverse' (its square root) or 'effective' (effective number of samples with `beta`).
@@ -122,6 +124,24 @@ def get_config(arg=None):
   config.loss.gamma = 2.0
   # class_balanced / 'effective' weights: beta of the effective number (1 - beta^n) / (1 - beta).
   config.loss.beta = 0.999
+  # asl: focusing exponents of the positive and the negative term, and the probability shift of negatives
+  # (p_m = max(p - clip, 0): negatives with p <= clip cost nothing). Defaults: the CXR-LT 2023 winner's.
+  config.loss.gamma_pos = 1.0
+  config.loss.gamma_neg = 4.0
+  config.loss.clip = 0.05
+  # ldam: margin of the class with fewest positives; class c's margin is max_margin * (n_min / n_c)^(1/4),
+  # subtracted from the logit of its positives during training only (predictions use the raw logits).
+  config.loss.max_margin = 0.5
+  # ldam: scale s of the margined logits inside the BCE (1 = the head's own logit scale).
+  config.loss.scale = 1.0
+  # ldam: deferred re-weighting starts after this fraction of the training steps (train.num_steps for the
+  # backbone, smote.steps for a SMOTE head): from then on each class's positive and negative terms take the
+  # class_balanced weights (effective number, `beta`); before, they weigh 1. 1.0 = never. The loss gets
+  # the optimiser step as its third argument, loss_fn(logits, labels, step), from the train step.
+  config.loss.drw_start = 0.8
+  # logit_adjusted: tau, the weight of each class's log prior odds (training counts) added to its logit
+  # during training; predictions use the raw logits. 0 = plain BCE.
+  config.loss.tau = 1.0
 
   config.train = ml_collections.ConfigDict()
   # Global batch size over all devices and processes (must divide by the device count).
@@ -178,8 +198,10 @@ def get_config(arg=None):
 
   config.smote = ml_collections.ConfigDict()
   # Feature-space resampling after training (jaxcxr.smote): 'none' (no SMOTE stage after training),
-  # 'random' (duplication), 'smote', 'borderline1', 'borderline2', 'adasyn' (imbalanced-learn). Fitted on
-  # the training embeddings only, one label at a time (one-vs-rest).
+  # 'random' (duplication), 'smote', 'borderline1', 'borderline2', 'adasyn' (imbalanced-learn), fitted one
+  # label at a time (one-vs-rest); or 'mlsmote' (Charte et al. 2015, jaxcxr/mlsmote.py: one synthetic row per
+  # row carrying each minority label, labels by the neighbours' majority; ignores `ratio`). Fitted on the
+  # training embeddings only.
   config.smote.method = "none"
   # Neighbours among a label's positives that SMOTE interpolates towards (ADASYN: its n_neighbors). A
   # label with fewer positives than this + 1 gets k = positives - 1 (duplication when it has one).

@@ -4,7 +4,7 @@
 
 Arms (after the colon): baseline (plain BCE), weighted (cost-sensitive BCE; the default), focal, oversample
 (Pneumothorax makes up a quarter of every epoch + label-blind augmentation, BCE), hybrid (the same + focal
-loss), and the others of jaxcxr/arms.py.
+loss), and the others of jaxcxr/arms.py (ablations, SMOTE and MLSMOTE heads, cRT, asl, ldam_drw, logit_adjusted).
 """
 
 from configs import base

@@ -13,6 +13,12 @@ Each arm changes only how imbalance is handled; everything else comes from the c
   hybrid               `oversample` with focal loss
   smote                BCE backbone, then SMOTE on its training embeddings and a new BCE head
   smote_hybrid         BCE backbone; augmented target views, SMOTE, then a focal head
+  mlsmote              BCE backbone, then multi-label SMOTE (MLSMOTE) on its embeddings and a new BCE head
+  crt                  BCE backbone, then decoupled classifier re-training: a fresh linear head on the frozen
+                       backbone's embeddings with class-balanced sampling
+  asl                  asymmetric loss (gamma- 4, gamma+ 1, clip 0.05: the CXR-LT 2023 winner's)
+  ldam_drw             LDAM margins with deferred class-balanced re-weighting from 80% of training on
+  logit_adjusted       BCE on logits + log prior odds (prediction uses the raw logits)
 
 Augmentation is label-blind in every arm but `oversample_labelaug`: one distribution for all training
 images, so the minority is preferred only through sampling (each repeat of a rare image draws its own
@@ -23,7 +29,7 @@ config's modifiers, in any order, e.g. `configs/demo.py:quick,focal`; see `parse
 """
 
 ARMS = ("baseline", "weighted", "focal", "sample_only", "augment_only", "oversample", "oversample_labelaug",
-        "hybrid", "smote", "smote_hybrid", "crt")
+        "hybrid", "smote", "smote_hybrid", "mlsmote", "crt", "asl", "ldam_drw", "logit_adjusted")
 
 
 def _oversample(config):
@@ -80,6 +86,23 @@ def apply_arm(config, arm):
   elif arm == "crt":  # Plain-BCE backbone, then decoupled classifier re-training with class-balanced sampling.
     config.loss.name = "bce"
     config.crt.enabled = True
+  elif arm == "asl":  # Asymmetric loss (Ridnik et al. 2021) with the CXR-LT 2023 winner's gamma-, gamma+, clip.
+    config.loss.name = "asl"
+    config.loss.gamma_neg = 4.0
+    config.loss.gamma_pos = 1.0
+    config.loss.clip = 0.05
+  elif arm == "ldam_drw":  # LDAM margins (rarest class 0.5), class-balanced weights from 80% of training on.
+    config.loss.name = "ldam"
+    config.loss.max_margin = 0.5
+    config.loss.scale = 1.0
+    config.loss.drw_start = 0.8
+  elif arm == "logit_adjusted":  # BCE on logits + log prior odds (Menon et al. 2021); raw logits predict.
+    config.loss.name = "logit_adjusted"
+    config.loss.tau = 1.0
+    config.model.head_bias = "zero"  # The adjustment already adds the prior; a prior bias would double it.
+  elif arm == "mlsmote":  # Plain-BCE backbone, then MLSMOTE (multi-label) on its embeddings and a new head.
+    config.loss.name = "bce"
+    config.smote.method = "mlsmote"
   else:
     raise ValueError(f"Unknown arm {arm!r}; choose one of {', '.join(ARMS)}.")
   config.arm = arm

@@ -60,7 +60,7 @@ def _train_chunk(params, opt_state, features, labels, mean, std, key, first, pro
     x = (features[idx] - mean) / std
     y = labels[idx]
     def loss(p):
-      return loss_fn(apply_head(p, x), y).mean()
+      return loss_fn(apply_head(p, x), y, i).mean()
     value, grads = jax.value_and_grad(loss)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), value
@@ -99,7 +99,7 @@ def train_head(features, labels, *, head_config, loss_config, seed: int, sample_
   n, dim = features.shape
   mean, std = feature_moments(features)
   num_pos = labels.sum(0)
-  loss_fn = losses.get_loss_fn(loss_config, num_pos=num_pos, num_total=n)
+  loss_fn = losses.get_loss_fn(loss_config, num_pos=num_pos, num_total=n, num_steps=s.steps)
   params = init_head(s.head, dim=dim, num_classes=labels.shape[1], hidden=s.get("hidden", 0), prior=num_pos / n,
                      seed=seed)
   schedule = optax.cosine_decay_schedule(s.learning_rate, s.steps)

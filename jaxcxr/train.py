@@ -155,7 +155,7 @@ def train_step(state, batch, *, loss_fn, augment_fn=None, augment_seed=0):
   def compute_loss(params):
     (logits, _), updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images,
                                           train=True, mutable=["batch_stats"])
-    return loss_fn(logits, batch["labels"]).mean(), updates["batch_stats"]
+    return loss_fn(logits, batch["labels"], state.step).mean(), updates["batch_stats"]
 
   (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
@@ -254,7 +254,8 @@ class Trainer:
     self.ctx = model_context.ModelContext(config, workdir, devices=devices, prevalence=self.prevalence,
                                           splits=splits)
     self.mesh, self.replicated, self.model = self.ctx.mesh, self.ctx.replicated, self.ctx.model
-    loss_fn = losses.get_loss_fn(config.loss, num_pos=self.num_pos, num_total=num_total)
+    loss_fn = losses.get_loss_fn(config.loss, num_pos=self.num_pos, num_total=num_total,
+                                 num_steps=config.train.num_steps)
     _, self.schedule = create_optimizer(config)
     init = jax.jit(functools.partial(create_train_state, config, self.model, image_size=config.data.image_size),
                    out_shardings=self.replicated)

@@ -25,7 +25,10 @@ def test_every_arm_loads_with_its_loss(module, arm):
       "oversample": ("bce", "target_ratio", True, False, "none"),
       "oversample_labelaug": ("bce", "target_ratio", True, True, "none"),
       "hybrid": ("focal", "target_ratio", True, False, "none"), "smote": ("bce", "none", False, False, "smote"),
-      "smote_hybrid": ("bce", "none", False, False, "smote")}[arm]
+      "smote_hybrid": ("bce", "none", False, False, "smote"), "mlsmote": ("bce", "none", False, False, "mlsmote"),
+      "crt": ("bce", "none", False, False, "none"), "asl": ("asl", "none", False, False, "none"),
+      "ldam_drw": ("ldam", "none", False, False, "none"),
+      "logit_adjusted": ("logit_adjusted", "none", False, False, "none")}[arm]
   assert (config.loss.name, config.data.sampling.name, config.data.augment.enabled,
           config.data.augment.label_dependent, config.smote.method) == expected
   oversample = module.get_config("oversample")
@@ -38,6 +41,14 @@ def test_every_arm_loads_with_its_loss(module, arm):
     assert a.minority_probability > a.probability and a.minority_strength > a.strength
   if arm == "smote_hybrid":  # Augmented views of the target's images, then a focal head.
     assert config.smote.views > 0 and config.smote.loss == "focal"
+  if arm == "asl":  # The CXR-LT 2023 winner's settings.
+    assert (config.loss.gamma_neg, config.loss.gamma_pos, config.loss.clip) == (4.0, 1.0, 0.05)
+  if arm == "ldam_drw":  # Margins with deferred re-weighting that does switch on during training.
+    assert config.loss.max_margin > 0 and 0 < config.loss.drw_start < 1
+  if arm == "logit_adjusted":  # The adjustment adds the prior, so the head bias starts at zero.
+    assert config.loss.tau > 0 and config.model.head_bias == "zero"
+  else:
+    assert config.model.head_bias == "prior"
   with pytest.raises(AttributeError):
     config.train.learnig_rate = 1.0  # Locked: a misspelt field is an error.
 

@@ -108,7 +108,7 @@ def test_non_finite_loss_names_step_and_keeps_last_checkpoint(tiny_data_dir, tmp
 
   def poisoned(config_loss, **kw):
     fn = real(config_loss, **kw)
-    return lambda logits, labels: fn(logits, labels) * jnp.nan
+    return lambda logits, labels, step: fn(logits, labels, step) * jnp.nan
 
   # First 4 good steps (checkpoints at 2 and 4), then the run extended to 8 steps with a loss that is NaN.
   train.train(tiny_config(tiny_data_dir, num_steps=4, eval_every=100), workdir)
@@ -128,7 +128,7 @@ def test_finite_loss_with_non_finite_gradients_stops_before_any_save(tiny_data_d
 
   def finite_value_nan_gradient(config_loss, **kw):
     fn = real(config_loss, **kw)
-    return lambda logits, labels: fn(logits, labels) + 0.0 * jnp.sqrt(jnp.abs(logits - logits))
+    return lambda logits, labels, step: fn(logits, labels, step) + 0.0 * jnp.sqrt(jnp.abs(logits - logits))
 
   monkeypatch.setattr(losses, "get_loss_fn", finite_value_nan_gradient)
   with pytest.raises(train.NonFiniteLossError, match=r"At step 1\b the gradient norm is nan.*No checkpoint had "
