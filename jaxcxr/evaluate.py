@@ -17,7 +17,6 @@ import json
 import os
 from typing import Optional, Union
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -27,6 +26,7 @@ import numpy as np
 
 from jaxcxr import bootstrap
 from jaxcxr import cli
+from jaxcxr import config_check
 from jaxcxr import calibration as calibration_lib
 from jaxcxr import errors
 from jaxcxr import metrics as metrics_lib
@@ -387,6 +387,7 @@ def main(argv):
   cli.start(argv)
   with cli.user_errors("jaxcxr.evaluate", nih.DataError, EvaluationError, calibration_lib.CalibrationError):
     config = FLAGS.config if FLAGS.config is not None else load_workdir_config(FLAGS.workdir)
+    config_check.check(config)
     evaluate_checkpoint(config, FLAGS.workdir, checkpoint=FLAGS.checkpoint, split=FLAGS.split,
                         threshold_rule=FLAGS.threshold_rule, target_recall=FLAGS.target_recall,
                         calibration=FLAGS.calibration, bootstrap_samples=FLAGS.bootstrap_samples,
@@ -395,4 +396,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main, "jaxcxr.evaluate")

@@ -12,11 +12,11 @@ np.load(path, allow_pickle=False) and holds features (N, D) float32, labels (N, 
 patient_ids, is_view and backbone_probs (the model's own probabilities). See jaxcxr/embeddings.py.
 """
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from jaxcxr import cli
+from jaxcxr import config_check
 from jaxcxr import embeddings
 from jaxcxr import evaluate
 from jaxcxr.data import nih
@@ -42,6 +42,7 @@ def main(argv):
   with cli.user_errors("jaxcxr.export_embeddings", nih.DataError, evaluate.EvaluationError,
                        embeddings.EmbeddingsError):
     config = FLAGS.config if FLAGS.config is not None else evaluate.load_workdir_config(FLAGS.workdir)
+    config_check.check(config)
     smote_cfg = config.get("smote")
     checkpoint = FLAGS.checkpoint or (smote_cfg.checkpoint if smote_cfg else "best")
     views = FLAGS.views if FLAGS.views is not None else (smote_cfg.views if smote_cfg else 0)
@@ -50,4 +51,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main, "jaxcxr.export_embeddings")

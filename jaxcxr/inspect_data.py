@@ -17,7 +17,6 @@ import json
 import os
 import tempfile
 
-from absl import app
 from absl import flags
 import jax
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -27,6 +26,7 @@ import numpy as np
 import tqdm
 
 from jaxcxr import cli
+from jaxcxr import config_check
 from jaxcxr.data import augment
 from jaxcxr.data import datasets
 from jaxcxr.data import nih
@@ -140,6 +140,7 @@ def define_flags():
 
 def main(argv):
   cli.start(argv)
+  config_check.check(FLAGS.config)
   with cli.user_errors("jaxcxr.inspect_data", nih.DataError, ValueError):
     summary = inspect(FLAGS.config, num_batches=FLAGS.num_batches, out_dir=FLAGS.out, top=FLAGS.top,
                       progress=not FLAGS.json)
@@ -148,4 +149,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main, "jaxcxr.inspect_data")

@@ -7,12 +7,13 @@ Rerunning the same command in the same workdir resumes from its latest checkpoin
 written to WORKDIR/report/ (report.json, report.md, roc.png, pr.png, scores.npz).
 """
 
-from absl import app
 from absl import flags
+import jax
 from ml_collections import config_flags
 
 from jaxcxr import cli
 from jaxcxr import cluster
+from jaxcxr import config_check
 from jaxcxr import embeddings
 from jaxcxr import smote
 from jaxcxr import train
@@ -40,8 +41,10 @@ def _init_distributed():
 
 def main(argv):
   cli.start(argv)
+  config_check.check(FLAGS.config)  # Before joining a cluster: a bad value stops every process at once.
   with cli.user_errors("jaxcxr", cluster.ClusterError):
     _init_distributed()
+    config_check.check(FLAGS.config, num_devices=jax.device_count())
   cli.enable_compilation_cache(FLAGS.config.train.compilation_cache)
   with cli.user_errors("jaxcxr", nih.DataError, train.NonFiniteLossError, weights.WeightImportError,
                        smote.SmoteError, embeddings.EmbeddingsError):
@@ -49,4 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "jaxcxr")

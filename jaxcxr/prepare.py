@@ -15,11 +15,11 @@ where it stopped when rerun. `python -m jaxcxr.main` runs the first step itself 
 
 import os
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from jaxcxr import cli
+from jaxcxr import config_check
 from jaxcxr.data import datasets
 from jaxcxr.data import nih
 
@@ -37,6 +37,7 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
   cli.start(argv)
   config = FLAGS.config
+  config_check.check(config)
   if FLAGS.strict is not None:
     config.data.strict = FLAGS.strict
   with cli.user_errors("jaxcxr.prepare", nih.DataError):
@@ -54,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "jaxcxr.prepare")

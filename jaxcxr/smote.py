@@ -36,7 +36,6 @@ import os
 import shutil
 from typing import Optional
 
-from absl import app
 from absl import flags
 from absl import logging
 import imblearn.over_sampling
@@ -51,6 +50,7 @@ from sklearn.neighbors import NearestNeighbors
 import tqdm
 
 from jaxcxr import cli
+from jaxcxr import config_check
 from jaxcxr import embeddings as emb_lib
 from jaxcxr import errors
 from jaxcxr import losses
@@ -528,6 +528,7 @@ def main(argv):
   with cli.user_errors("jaxcxr.smote", nih.DataError, SmoteError, emb_lib.EmbeddingsError,
                        evaluate.EvaluationError):
     config = FLAGS.config if FLAGS.config is not None else evaluate.load_workdir_config(FLAGS.workdir)
+    config_check.check(config)
     if "smote" not in config:
       raise SmoteError("The config has no smote block; pass --config (e.g. configs/demo.py:smote).")
     run(config, FLAGS.workdir)
@@ -535,4 +536,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main, "jaxcxr.smote")

@@ -37,7 +37,6 @@ import os
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -50,6 +49,7 @@ import numpy as np
 from jaxcxr import arms as arms_lib
 from jaxcxr import bootstrap
 from jaxcxr import cli
+from jaxcxr import config_check
 from jaxcxr import errors
 from jaxcxr import metrics as metrics_lib
 from jaxcxr import train
@@ -617,6 +617,7 @@ def define_flags():
 
 def main(argv):
   cli.start(argv)
+  config_check.check(FLAGS.config)
   workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
   os.makedirs(workdir, exist_ok=True)
   if not jax.config.jax_compilation_cache_dir:
@@ -635,4 +636,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main, "jaxcxr.study")
