@@ -209,8 +209,8 @@ def _loaded(config):
   try:
     config.keys()
   except OSError as e:  # The path or its module could not be loaded; the last line says why.
-    lines = [line.strip().strip("\"") for line in str(e).splitlines() if line.strip()]
-    raise errors.ConfigError(f"--config: cannot load the config file: {lines[-1] if lines else e!r}") from None
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    raise errors.ConfigError(f"--config: cannot load the config file: {lines[-1] if lines else repr(e)}") from None
   raise errors.ConfigError(f"--config gave a {type(config).__name__}, not a ConfigDict.")
 
 
