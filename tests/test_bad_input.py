@@ -16,6 +16,8 @@ import sys
 
 import pytest
 
+from tests.conftest import tiny_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Commands that take --config, and the flags each needs besides it (WORKDIR is replaced per case).
@@ -98,9 +100,12 @@ def _env(tmp_path):
   return env
 
 
-def _cases(tmp_path):
-  """(id, module, argv, must_name) for every command and bad value."""
+def _cases(tmp_path, trained):
+  """(id, module, argv, must_name) for every command and bad value; `trained` is a finished tiny run."""
   out = []
+  for command in ("evaluate", "export_embeddings"):  # A checkpoint that does not exist.
+    out.append((f"{command}: checkpoint 999", f"jaxcxr.{command}", [f"--workdir={trained}", "--checkpoint=999"],
+                "step 999"))
   for command, extra in CONFIG_COMMANDS.items():
     for kind, config, override, must_name in BAD_VALUES:
       workdir = str(tmp_path / "work" / f"{command}-{kind.replace(' ', '_')}")
@@ -133,10 +138,20 @@ def _check(case_id, rc, stderr, must_name):
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def trained(tiny_data_dir, tmp_path_factory):
+  """A finished two-step run of the tiny config (one checkpoint, at step 2)."""
+  from jaxcxr import train  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("trained"))
+  train.train_and_evaluate(tiny_config(tiny_data_dir, num_steps=2, eval_every=2, checkpoint_every=2,
+                                       log_every=1, warmup_steps=1), workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def sweep(trained, tmp_path_factory):
   """Runs every case (forked from one runner, two at a time) and the PLAIN ones as `python -m`, in parallel."""
   tmp_path = tmp_path_factory.mktemp("bad_input")
-  cases = _cases(tmp_path)
+  cases = _cases(tmp_path, trained)
   errs = [str(tmp_path / f"err{i}.txt") for i in range(len(cases))]
   by_id = {c[0]: c for c in cases}
   env = _env(tmp_path)
@@ -163,7 +178,7 @@ def sweep(tmp_path_factory):
 
 def test_every_command_rejects_every_bad_value_in_one_line(sweep):
   by_id, results, _ = sweep
-  ids = [i for i in results if "empty workdir" not in i]
+  ids = [i for i in results if "empty workdir" not in i and "checkpoint 999" not in i]
   assert len(ids) == len(CONFIG_COMMANDS) * len(BAD_VALUES) + len(PHANTOM_CASES)
   failures = [_check(i, *results[i], by_id[i][3]) for i in ids]
   failures = [f for f in failures if f]
@@ -197,3 +212,13 @@ def test_workdir_without_a_run(sweep):
   assert len(ids) == 2 * len(WORKDIR_COMMANDS)
   failures = [f for f in (_check(i, *results[i], by_id[i][3]) for i in ids) if f]
   assert not failures, "\n\n".join(failures)
+
+
+def test_checkpoint_that_does_not_exist(sweep):
+  """--checkpoint=999 on a run whose only checkpoint is step 2: one line listing the steps there are."""
+  by_id, results, _ = sweep
+  for command in ("evaluate", "export_embeddings"):
+    case_id = f"{command}: checkpoint 999"
+    failure = _check(case_id, *results[case_id], by_id[case_id][3])
+    assert failure is None, failure
+    assert "available steps: 2" in results[case_id][1]
