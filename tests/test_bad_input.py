@@ -51,9 +51,9 @@ PLAIN = [("stats", "unknown arm token"), ("prepare", "unknown field"), ("inspect
 
 RUNNER = r"""
 import json, os, runpy, sys, time, traceback
-import jax, flax, optax, orbax.checkpoint, grain, sklearn, imblearn, matplotlib  # What the commands import.
+import jax, flax, ml_collections, optax, orbax.checkpoint, grain, sklearn, imblearn, matplotlib  # What commands import.
 from jaxcxr import config_check, embeddings, evaluate, export_embeddings, inspect_data, smote, study, train
-config_check.check(config_check.ml_collections.ConfigDict())  # Imports the modules the check reads names from.
+config_check.check(ml_collections.ConfigDict())  # Imports the modules the check reads names from.
 
 def child(module, argv, err):
   fd = os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
