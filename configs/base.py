@@ -26,6 +26,11 @@ def get_config(arg=None):
   # images/ (or images_001/images ... images_012/images). For 'phantom': where the synthetic set is written
   # (empty = ~/.cache/jaxcxr/phantom-<size>px-<n>img-seed<seed>).
   config.data.dir = "~/data/chestxray14"
+  # 'nih' only: the label file, a name inside data.dir or a path. '' = the first found of
+  # Data_Entry_2017_v2020.csv(.gz), Data_Entry_2017.csv(.gz) and sample_labels.csv (the label file of
+  # Kaggle's 5,606-image "Random Sample of NIH Chest X-ray Dataset", which has no official split lists:
+  # use data.split='random' with it).
+  config.data.label_file = ""
   # Side length in pixels that images are resized to, once, when the data is prepared.
   config.data.image_size = 224
   # 'official': NIH's train_val_list.txt / test_list.txt with a patient-grouped validation carve-out;
@@ -188,6 +193,9 @@ def get_config(arg=None):
   # Folder of JAX's persistent compilation cache: reruns and resumed runs read their compiled steps from
   # it instead of compiling again ('' = off; a gs:// URL works for pods).
   config.train.compilation_cache = "~/.cache/jaxcxr/xla"
+  # A rerun of a workdir whose config.json differs from this config in anything but the safe fields
+  # (num_steps, intervals, workers, data.dir) stops with the differences; True continues with the new config.
+  config.train.accept_config_change = False
 
   config.parallel = ml_collections.ConfigDict()
   # How the step runs over the 1-D 'data' mesh of every device: 'jit' (one jitted step on the sharded

@@ -28,6 +28,8 @@ The config string (after the colon) is a comma-separated list of tokens: at most
 config's modifiers, in any order, e.g. `configs/demo.py:quick,focal`; see `parse_config_string`.
 """
 
+from jaxcxr import errors
+
 ARMS = ("baseline", "weighted", "focal", "sample_only", "augment_only", "oversample", "oversample_labelaug",
         "hybrid", "smote", "smote_hybrid", "mlsmote", "crt", "asl", "ldam_drw", "logit_adjusted")
 
@@ -104,7 +106,7 @@ def apply_arm(config, arm):
     config.loss.name = "bce"
     config.smote.method = "mlsmote"
   else:
-    raise ValueError(f"Unknown arm {arm!r}; choose one of {', '.join(ARMS)}.")
+    raise errors.ConfigError(f"Unknown arm {arm!r}; choose one of {', '.join(ARMS)}.")
   config.arm = arm
   config.lock()
   return config
@@ -127,18 +129,18 @@ def parse_config_string(arg, *, default_arm=None, modifiers=()):
     (arm, frozenset of the modifiers given).
 
   Raises:
-    ValueError: an unknown token or two arms; the message lists the valid tokens.
+    errors.ConfigError (a ValueError): an unknown token or two arms; the message lists the valid tokens.
   """
   arm, given = None, set()
   for token in config_tokens(arg):
     if token in ARMS:
       if arm is not None:
-        raise ValueError(f"Config string {arg!r} names two arms ({arm!r} and {token!r}); give at most one.")
+        raise errors.ConfigError(f"Config string {arg!r} names two arms ({arm!r} and {token!r}); give at most one.")
       arm = token
     elif token in modifiers:
       given.add(token)
     else:
       valid = f"arms {', '.join(ARMS)}" + (f"; modifiers {', '.join(modifiers)}" if modifiers else "")
-      raise ValueError(f"Unknown token {token!r} in config string {arg!r}; valid tokens: {valid} "
-                       "(comma-separated, at most one arm).")
+      raise errors.ConfigError(f"Unknown token {token!r} in config string {arg!r}; valid tokens: {valid} "
+                               "(comma-separated, at most one arm).")
   return (arm or default_arm), frozenset(given)

@@ -18,6 +18,7 @@ from jaxcxr import head_stages
 from jaxcxr import model_context
 from jaxcxr import reports
 from jaxcxr import train
+from jaxcxr import workdir_lock
 
 
 def report_dir(config, workdir: str) -> str:
@@ -53,12 +54,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   if head_stages.is_smote(config):  # A bad smote block fails before training, not after it.
     head_stages.check_config(config, check_augment=True)
-  ctx = train.train(config, workdir)
-  report = test_report(ctx)
-  if head_stages.is_smote(config):
-    embedded, meta = embeddings.export(ctx, checkpoint=config.smote.checkpoint)
-    report = head_stages.run_smote(ctx, embeddings=embedded, meta=meta)
-  elif head_stages.is_crt(config):
-    embedded, meta = embeddings.export(ctx, checkpoint=config.crt.checkpoint, views=0)
-    report = head_stages.run_crt(ctx, embeddings=embedded, meta=meta)
+  os.makedirs(workdir, exist_ok=True)
+  # One run per workdir: a second one started here stops at once, naming the process that holds it.
+  with workdir_lock.hold(workdir, process_index=jax.process_index()):
+    ctx = train.train(config, workdir)
+    report = test_report(ctx)
+    if head_stages.is_smote(config):
+      embedded, meta = embeddings.export(ctx, checkpoint=config.smote.checkpoint)
+      report = head_stages.run_smote(ctx, embeddings=embedded, meta=meta)
+    elif head_stages.is_crt(config):
+      embedded, meta = embeddings.export(ctx, checkpoint=config.crt.checkpoint, views=0)
+      report = head_stages.run_crt(ctx, embeddings=embedded, meta=meta)
   return report

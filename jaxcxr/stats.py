@@ -16,6 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxcxr import cli
+from jaxcxr import config_check
 from jaxcxr.data import nih
 
 FLAGS = flags.FLAGS
@@ -39,13 +40,7 @@ def _data_dir(config):
 
 def compute(config, directory):
   """The statistics as one JSON-ready dict: where they come from, the split and table1 of every part."""
-  if not os.path.isdir(directory):
-    raise nih.DataError(f"Data folder {directory} not found. Point --data_dir (or --config.data.dir) at the "
-                        f"folder holding {nih.LABEL_FILE} (or {nih.LABEL_FILE}.gz).")
-  label_file = nih.find_label_file(directory)
-  if label_file is None:
-    raise nih.DataError(f"No NIH ChestX-ray14 label file ({nih.LABEL_FILE} or {nih.LABEL_FILE}.gz) in "
-                        f"{directory}.")
+  label_file = nih.locate_label_file(directory, config.data.get("label_file", ""))
   meta = nih.read_labels(label_file)
   name = config.data.split
   split_seed = config.data.split_seed
@@ -105,6 +100,7 @@ def format_table(stats):
 
 def main(argv):
   cli.start(argv, logs=False)
+  config_check.check(FLAGS.config)
   with cli.user_errors("jaxcxr.stats", nih.DataError):
     stats = compute(FLAGS.config, _data_dir(FLAGS.config))
   print(json.dumps(stats, indent=2) if FLAGS.json else format_table(stats))

@@ -154,3 +154,20 @@ def test_command_line_sigterm_exits_75_within_a_minute_and_sigkill_resumes(tiny_
   assert proc.returncode == 0, err[-3000:]
   assert "Resuming from the checkpoint at step" in err
   assert os.path.exists(os.path.join(workdir, "report", "report.json"))
+
+
+def test_a_second_run_on_a_busy_workdir_stops_at_once_and_the_first_finishes(tiny_data_dir, tmp_path):
+  workdir = str(tmp_path / "busy")
+  first = _main(workdir, tiny_data_dir, tmp_path, num_steps=60, eval_every=1000, checkpoint_every=1000,
+                log_every=2)
+  assert _wait_for_step(workdir, 2, first), first.communicate()[1][-3000:]
+  started = time.time()
+  second = _main(workdir, tiny_data_dir, tmp_path, num_steps=60, eval_every=1000, checkpoint_every=1000,
+                 log_every=2)
+  _, err = second.communicate(timeout=120)
+  assert second.returncode != 0 and time.time() - started < 30, err[-2000:]
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert len(lines) == 1 and "in use by" in lines[0] and str(first.pid) in lines[0], err[-2000:]
+  _, err = first.communicate(timeout=600)
+  assert first.returncode == 0, err[-3000:]
+  assert os.path.exists(os.path.join(workdir, "report", "report.json"))

@@ -21,6 +21,13 @@ NO_FINDING = "No Finding"
 LABEL_FILE = "Data_Entry_2017_v2020.csv"
 TRAIN_VAL_LIST = "train_val_list.txt"
 TEST_LIST = "test_list.txt"
+# Label-file names looked for in data.dir, in this order (data.label_file names any other): the NIH
+# releases (2020, then 2017; plain or gzipped), then Kaggle's "Random Sample of NIH Chest X-ray Dataset"
+# (5,606 images, columns OriginalImageWidth ... OriginalImagePixelSpacing_y, ages such as '060Y', CRLF),
+# which ships no official split lists.
+SAMPLE_LABEL_FILE = "sample_labels.csv"
+LABEL_FILE_NAMES = (LABEL_FILE, LABEL_FILE + ".gz", "Data_Entry_2017.csv", "Data_Entry_2017.csv.gz",
+                    SAMPLE_LABEL_FILE, SAMPLE_LABEL_FILE + ".gz")
 # Names `split` accepts (config.data.split).
 SPLITS = ("official", "random")
 
@@ -90,13 +97,35 @@ def _open_text(path):
   return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
 
 
-def find_label_file(data_dir):
-  """Returns the path of the NIH label file in `data_dir` (plain or gzipped), or None."""
-  for name in (LABEL_FILE, LABEL_FILE + ".gz", "Data_Entry_2017.csv", "Data_Entry_2017.csv.gz"):
-    path = os.path.join(data_dir, name)
-    if os.path.exists(path):
+def find_label_file(data_dir, label_file=""):
+  """Returns the path of the label file in `data_dir`, or None.
+
+  `label_file` (config.data.label_file) names the file, inside `data_dir` or as a path; '' looks for
+  LABEL_FILE_NAMES in that order (the NIH releases, plain or gzipped, then Kaggle's sample_labels.csv).
+  """
+  for name in label_file_candidates(label_file):
+    path = os.path.join(data_dir, os.path.expanduser(name))  # An absolute `name` stays itself.
+    if os.path.isfile(path):
       return path
   return None
+
+
+def label_file_candidates(label_file=""):
+  """The names find_label_file tries, in order: `label_file` alone when given, else LABEL_FILE_NAMES."""
+  return (label_file,) if label_file else LABEL_FILE_NAMES
+
+
+def locate_label_file(data_dir, label_file=""):
+  """find_label_file, or a DataError naming the folder and every name searched."""
+  path = find_label_file(data_dir, label_file) if os.path.isdir(data_dir) else None
+  if path is None:
+    if not os.path.isdir(data_dir):
+      raise DataError(f"Data folder {data_dir} not found (data.dir); it should hold the label file "
+                      f"({' or '.join(label_file_candidates(label_file))}).")
+    tried = ", ".join(label_file_candidates(label_file))
+    hint = "" if label_file else "; set data.label_file to use a file with another name"
+    raise DataError(f"No label file in {data_dir}: looked for {tried}{hint}.")
+  return path
 
 
 # Label-file columns, found by name: header names are compared lower-cased with everything but letters and
@@ -254,7 +283,9 @@ def read_labels(path):
 def read_list(path):
   """Reads a split list (one image name a line; tolerates CRLF, a BOM, gzip and a missing final newline)."""
   if not os.path.exists(path):
-    raise DataError(f"Split list {path} not found; it ships with the NIH release next to the label file.")
+    raise DataError(f"Split list {path} not found: data.split='official' needs NIH's {TRAIN_VAL_LIST} and "
+                    f"{TEST_LIST} next to the label file (Kaggle's {SAMPLE_LABEL_FILE} has none); use "
+                    "data.split='random' (a patient-level 70/10/20 split) or add the lists.")
   try:
     with _open_text(path) as f:
       return [line.strip() for line in f if line.strip()]
