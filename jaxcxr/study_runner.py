@@ -53,6 +53,7 @@ from jaxcxr import experiment
 from jaxcxr import head_stages
 from jaxcxr import model_context
 from jaxcxr import reports
+from jaxcxr import runfolder
 from jaxcxr.data import datasets
 from jaxcxr.data import nih
 
@@ -164,24 +165,14 @@ def plan_runs(make_config: Callable[[str], ml_collections.ConfigDict], *, arms: 
   return runs
 
 
-def _flatten(tree, prefix=""):
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
 def config_differences(run: Run) -> List[str]:
   """Fields where the run's saved WORKDIR/config.json differs from the config the study would use now."""
   path = os.path.join(run.workdir, "config.json")
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    saved = _flatten(json.load(f))
-  now = _flatten(json.loads(run.config.to_json_best_effort()))
+    saved = runfolder.flatten(json.load(f))
+  now = runfolder.flatten(json.loads(run.config.to_json_best_effort()))
   return [f"{k}: {saved[k]!r} then, {now[k]!r} now" for k in sorted(saved.keys() & now.keys())
           if saved[k] != now[k]]
 
@@ -232,7 +223,7 @@ class _SplitCache:
     self._splits = {}
 
   def get(self, config):
-    key = json.dumps(_flatten(json.loads(config.data.to_json_best_effort())), sort_keys=True) + f"|{config.seed}"
+    key = json.dumps(runfolder.flatten(json.loads(config.data.to_json_best_effort())), sort_keys=True) + f"|{config.seed}"
     if key not in self._splits:
       self._splits[key] = datasets.load_splits(config)
     return self._splits[key]
