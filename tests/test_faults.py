@@ -66,6 +66,25 @@ def test_deleted_checkpoint_file_also_falls_back(tiny_data_dir, tmp_path):
   assert {"2", "6"} <= set(os.listdir(ckpts)) and os.listdir(os.path.join(ckpts, runfolder.CORRUPT))
 
 
+def test_a_save_killed_half_way_is_ignored(tiny_data_dir, tmp_path):
+  """What a SIGKILL in the middle of an Orbax save leaves: a temporary step folder with partial files. The
+  rerun resumes from the last finished checkpoint and completes; the partial save is never restored."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path)
+  train.train(tiny_config(tiny_data_dir, num_steps=4, eval_every=100), workdir)
+  ckpts = os.path.join(workdir, "checkpoints")
+  partial = os.path.join(ckpts, "6.orbax-checkpoint-tmp-1764500000")
+  shutil.copytree(os.path.join(ckpts, "4"), partial)
+  victim = _largest_file(partial)
+  with open(victim, "r+b") as f:
+    f.truncate(os.path.getsize(victim) // 2)
+  report = experiment.run(tiny_config(tiny_data_dir, num_steps=6, eval_every=100), workdir)
+  assert report["checkpoint_step"] == 6
+  assert "6" in os.listdir(ckpts) and not os.path.exists(os.path.join(ckpts, runfolder.CORRUPT))
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [l["step"] for l in lines if "train_loss" in l] == [2, 4, 6]
+
+
 def test_a_changed_config_is_refused_and_safe_changes_continue(uninterrupted, tiny_data_dir):
   config, workdir, _ = uninterrupted
   changed = tiny_config(tiny_data_dir)
