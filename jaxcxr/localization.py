@@ -235,17 +235,20 @@ def match_pairs(boxes, split):
 
 def localize(ctx, variables, boxes, *, split_name: str = "test", method: str = "gradcam",
              map_threshold: float = MAP_THRESHOLD, num_samples: int = 1000, seed: int = 0,
-             progress: bool = True) -> dict:
+             progress: bool = True, preprocess=None) -> dict:
   """Heatmaps of every boxed (image, finding) pair of `split_name`, scored with controls.
 
   `ctx` is a ModelContext (model, splits, predict, global_batch, eval_batch_size, data_sharding,
-  replicated); `boxes` a data.boxes.Boxes in the prepared images' pixels (Boxes.rescaled). Returns
+  replicated); `boxes` a data.boxes.Boxes in the prepared images' pixels (Boxes.rescaled); `preprocess`
+  the model's input normalisation (default model_context.normalize). Returns
   (report, extras) with extras = {'images', 'maps', 'probabilities', 'pairs'} for the overlay grid.
   """
   import tqdm  # pylint: disable=g-import-not-at-top
   from jaxcxr import heatmaps  # pylint: disable=g-import-not-at-top
-  from jaxcxr import model_context  # pylint: disable=g-import-not-at-top
   from jaxcxr.data import nih  # pylint: disable=g-import-not-at-top
+  if preprocess is None:
+    from jaxcxr import model_context  # pylint: disable=g-import-not-at-top
+    preprocess = model_context.normalize
   split = ctx.splits[split_name]
   pairs, skipped = match_pairs(boxes, split)
   if not pairs:
@@ -256,7 +259,7 @@ def localize(ctx, variables, boxes, *, split_name: str = "test", method: str = "
   classes = np.asarray([nih.CLASSES.index(p[1]) for p in pairs], np.int32)
   images = np.asarray(split.images[split.rows[rows]])
   size = images.shape[1]
-  fn = heatmaps.make_heatmap_fn(ctx.model, method=method, preprocess=model_context.normalize,
+  fn = heatmaps.make_heatmap_fn(ctx.model, method=method, preprocess=preprocess,
                                 data_sharding=ctx.data_sharding, replicated=ctx.replicated)
   with tqdm.tqdm(total=len(pairs), desc=f"{method} maps", unit="map", disable=not progress) as bar:
     maps = heatmaps.compute(fn, variables, images, classes, batch_size=ctx.eval_batch_size, seed=seed,
@@ -301,3 +304,39 @@ def write(report: dict, extras: dict, out_dir: str, *, per_finding: int = 2) -> 
   heatmaps.save_grid(paths["png"], panels, ncols=4,
                      suptitle=f"{report['method']} maps (heat) and expert boxes (green)")
   return paths
+
+
+def run(workdir: str, *, checkpoint="best", box_file: str = "", box_image_size: float = 0,
+        method: str = "gradcam", split_name: str = "test", map_threshold: float = MAP_THRESHOLD,
+        num_samples: int = 1000, seed: int = 0, out_dir: str = "", progress: bool = True) -> dict:
+  """`python -m jaxcxr.localize`: restores WORKDIR's checkpoint, scores its heatmaps against the boxes
+  and writes localize.json, localize.md and localize_overlays.png to `out_dir` (default WORKDIR/localize).
+
+  box_file: default the data folder's BBox_List_2017.csv(.gz). box_image_size: the pixel grid of the box
+  coordinates; default 1024 (NIH's PNGs) for data.source 'nih', data.image_size for the phantom (whose
+  boxes are in its stored images' pixels).
+  """
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from jaxcxr import model_context  # pylint: disable=g-import-not-at-top
+  from jaxcxr import prediction  # pylint: disable=g-import-not-at-top
+  from jaxcxr.data import boxes as boxes_lib  # pylint: disable=g-import-not-at-top
+  from jaxcxr.data import datasets  # pylint: disable=g-import-not-at-top
+  ctx = model_context.ModelContext.from_workdir(workdir)
+  config = ctx.config
+  if not box_file:
+    box_file = boxes_lib.find_box_file(datasets.data_dir(config))
+    if box_file is None:
+      raise errors.UserError(f"No {boxes_lib.NIH_BOX_FILE}(.gz) in {datasets.data_dir(config)}; pass --boxes=FILE "
+                             "(NIH's BBox_List_2017.csv, or the phantom's box file).")
+  if not box_image_size:
+    box_image_size = boxes_lib.NIH_BOX_IMAGE_SIZE if config.data.source == "nih" else config.data.image_size
+  boxes = boxes_lib.read_boxes(box_file, image_size=box_image_size).rescaled(config.data.image_size)
+  step, variables = ctx.restore(prediction.parse_checkpoint(checkpoint))
+  report, extras = localize(ctx, variables, boxes, split_name=split_name, method=method,
+                            map_threshold=map_threshold, num_samples=num_samples, seed=seed, progress=progress)
+  report.update({"step": int(step), "box_file": os.path.abspath(box_file), "box_image_size": float(box_image_size),
+                 "workdir": str(ctx.workdir)})
+  paths = write(report, extras, out_dir or os.path.join(str(ctx.workdir), "localize"))
+  logging.info("Localisation of %d (image, finding) pairs written to %s, %s and %s.", report["pairs"],
+               paths["json"], paths["md"], paths["png"])
+  return report
