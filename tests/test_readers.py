@@ -185,6 +185,19 @@ def test_jpeg_baseline_dicom_close_to_png(tmp_path, png, grey):
   assert diff.max() <= 3 and diff.mean() < 0.5, (diff.max(), diff.mean())
 
 
+def test_jpeg_baseline_dicom_decodes_as_the_same_jpeg_file(tmp_path, grey):
+  # The DICOM reader adds no error of its own: the JPEG's bytes as a .jpg through prepare's decoder give
+  # the very same pixels.
+  buf = io.BytesIO()
+  Image.fromarray(grey).save(buf, format="JPEG", quality=80)
+  jpg = tmp_path / "same.jpg"
+  jpg.write_bytes(buf.getvalue())
+  ds = _encapsulated(_dataset(grey, bits=8, ts=uid.JPEGBaseline8Bit), buf.getvalue())
+  path = _save(ds, str(tmp_path / "same.dcm"))
+  np.testing.assert_array_equal(readers.read_dicom(path), np.asarray(Image.open(jpg)))
+  np.testing.assert_array_equal(readers.read_image(path, SIZE).image, datasets.decode(str(jpg), SIZE)[0])
+
+
 def test_jpeg_lossless_and_rle_dicoms_are_exact(tmp_path, grey):
   import imagecodecs  # pylint: disable=g-import-not-at-top
   stored = _stored16(grey).astype(np.uint16)
