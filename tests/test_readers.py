@@ -279,3 +279,15 @@ def test_dicom_pixels_read_by_pydicom_match(tmp_path, grey):
   # The file written is a valid DICOM that pydicom itself reads back to the stored values.
   path = _save(_dataset(_stored16(grey), bits=12), str(tmp_path / "plain.dcm"))
   np.testing.assert_array_equal(pydicom.dcmread(path).pixel_array, _stored16(grey))
+
+
+def test_dicom_without_preamble_or_file_header(tmp_path, grey):
+  # Some exports write the bare data set (no 128-byte preamble, no 'DICM', no file meta): read by suffix.
+  ds = _dataset(grey, bits=8)
+  del ds.file_meta
+  path = str(tmp_path / "bare.dcm")
+  pydicom.dcmwrite(path, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+  with open(path, "rb") as f:
+    assert f.read(132)[128:] != b"DICM"
+  assert not readers.is_dicom_file(path)
+  np.testing.assert_array_equal(readers.read_dicom(path), grey)
