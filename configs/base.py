@@ -11,7 +11,8 @@ import ml_collections
 def get_config(arg=None):
   del arg  # The base has no arms; see hernia.py, pneumothorax.py and demo.py.
   config = ml_collections.ConfigDict()
-  # Master seed: parameter init, data order and splits derive from it.
+  # Master seed of the run: parameter init, data order and augmentation derive from it (not the split: see
+  # data.split_seed), so a multi-seed study varies the training on one fixed set of patients.
   config.seed = 0
   # Name of the imbalance arm, set by the config string of hernia.py / pneumothorax.py / demo.py.
   config.arm = ""
@@ -28,11 +29,17 @@ def get_config(arg=None):
   # Side length in pixels that images are resized to, once, when the data is prepared.
   config.data.image_size = 224
   # 'official': NIH's train_val_list.txt / test_list.txt with a patient-grouped validation carve-out;
-  # 'random': a seeded patient-level 70/10/20 train/val/test split (as CheXNet used); 'chestmnist': the
-  # npz file's own splits (data.source='chestmnist' only; no patient ids, so not patient-checked).
+  # 'random': a patient-level 70/10/20 train/val/test split (as CheXNet used; stratified like the carve-out,
+  # seeded by data.split_seed); 'chestmnist': the npz file's own splits (data.source='chestmnist' only; no
+  # patient ids, so not patient-checked).
   config.data.split = "official"
   # 'official' only: fraction of train_val patients held out for validation (thresholds, checkpoint choice).
+  # The carve-out is patient-grouped and stratified: about this fraction of the patients and of every
+  # label's positive images, and round(val_fraction x the target-positive patients) carrying data.target.
   config.data.val_fraction = 0.1
+  # Seed of the split alone: the official split's validation carve-out and the random split's
+  # train/val/test patients change with it and with nothing else (independent of `seed`).
+  config.data.split_seed = 0
   # The pathology the imbalance machinery and checkpoint selection focus on (one of the 14 NIH labels).
   config.data.target = "Hernia"
   # Images that are missing, empty (zero bytes), truncated or corrupt are left out and listed in
@@ -61,13 +68,20 @@ def get_config(arg=None):
   # Fraction of No Finding images (no label) kept in each epoch, drawn afresh per epoch (1.0 = all).
   config.data.sampling.undersample_no_finding = 1.0
   # Augmentation of training images inside the jitted train step (jaxcxr/data/augment.py); validation and
-  # test images are never augmented. Images carrying data.target use the minority_* fields, others the rest.
+  # test images are never augmented. Label-blind by default: one distribution for every training image (the
+  # minority is preferred by sampling, each repeat of a rare image drawing its own augmentation).
   config.data.augment = ml_collections.ConfigDict()
   config.data.augment.enabled = False  # Off: the step sees the images as stored.
-  config.data.augment.probability = 0.5  # Chance that a non-target image is augmented at all.
-  config.data.augment.minority_probability = 0.9  # The same for an image carrying data.target.
-  config.data.augment.strength = 0.5  # Scale of every range below for non-target images (1 = full range).
-  config.data.augment.minority_strength = 1.0  # The same for images carrying data.target.
+  config.data.augment.probability = 0.8  # Chance that a training image is augmented at all.
+  config.data.augment.strength = 1.0  # Scale of every range below (1 = the full range).
+  # Opt-in, off by default: True gives images carrying data.target their own probability and strength (the
+  # two fields below; the fields above then apply to the other images). This creates a shortcut: with a
+  # stronger minority strength, large warps (a wide black border, a large rotation) occur only on target
+  # images, a cue present in training and absent at test time. Kept to measure its effect (the
+  # `oversample_labelaug` arm).
+  config.data.augment.label_dependent = False
+  config.data.augment.minority_probability = 0.9  # label_dependent only: probability for target images.
+  config.data.augment.minority_strength = 1.0  # label_dependent only: strength for target images.
   config.data.augment.rotation = 10.0  # Rotation range in degrees (uniform in +/- rotation).
   config.data.augment.scale = 0.1  # Zoom range: factor uniform in 1 +/- scale.
   config.data.augment.translate = 0.1  # Shift range as a fraction of the image side, per axis.
@@ -187,4 +201,21 @@ def get_config(arg=None):
   config.smote.views = 0
   # Checkpoint of the training run the embeddings come from: 'best', 'latest' or a step number.
   config.smote.checkpoint = "best"
+
+  config.crt = ml_collections.ConfigDict()
+  # Decoupled classifier re-training (cRT, Kang et al. 2020; best on NIH-CXR-LT) after training: the
+  # backbone is frozen, a new linear head is trained on its training embeddings with class-balanced
+  # sampling (P(image) proportional to the sum of 1 / n_class over its labels), reported in WORKDIR/crt/ and
+  # written back into a checkpoint there. Arm 'crt' turns it on.
+  config.crt.enabled = False
+  # Loss of the new head: '' = the config's loss (loss.name and its fields), else a loss.name.
+  config.crt.loss = ""
+  # Optimiser steps, peak learning rate (AdamW, cosine decay), batch size and kernel weight decay.
+  config.crt.head = "linear"  # The only kind: a linear head is what replaces the model's own.
+  config.crt.steps = 2000
+  config.crt.learning_rate = 1e-3
+  config.crt.batch_size = 512
+  config.crt.weight_decay = 1e-4
+  # Checkpoint of the training run whose embeddings are used: 'best', 'latest' or a step number.
+  config.crt.checkpoint = "best"
   return config

@@ -2,11 +2,35 @@
 
 Each arm changes only how imbalance is handled; everything else comes from the config that applies it.
 
+  baseline             plain BCE, no rebalancing
+  weighted             cost-sensitive BCE (positives weighted by sqrt(n_neg / n_pos))
+  focal                focal loss, gamma 2
+  sample_only          target_ratio oversampling, no augmentation, BCE     } ablations: which half of
+  augment_only         label-blind augmentation, no oversampling, BCE      } `oversample` does the work
+  oversample           target_ratio oversampling + label-blind augmentation, BCE
+  oversample_labelaug  `oversample` with label-dependent augmentation (target images augmented more often
+                       and more strongly): measures the shortcut that opt-in creates (jaxcxr/data/augment.py)
+  hybrid               `oversample` with focal loss
+  smote                BCE backbone, then SMOTE on its training embeddings and a new BCE head
+  smote_hybrid         BCE backbone; augmented target views, SMOTE, then a focal head
+
+Augmentation is label-blind in every arm but `oversample_labelaug`: one distribution for all training
+images, so the minority is preferred only through sampling (each repeat of a rare image draws its own
+augmentation).
+
 The config string (after the colon) is a comma-separated list of tokens: at most one arm name plus the
 config's modifiers, in any order, e.g. `configs/demo.py:quick,focal`; see `parse_config_string`.
 """
 
-ARMS = ("baseline", "weighted", "focal", "oversample", "hybrid", "smote", "smote_hybrid")
+ARMS = ("baseline", "weighted", "focal", "sample_only", "augment_only", "oversample", "oversample_labelaug",
+        "hybrid", "smote", "smote_hybrid", "crt")
+
+
+def _oversample(config):
+  """target_ratio oversampling: a quarter of every epoch carries data.target, no image over 50 times."""
+  config.data.sampling.name = "target_ratio"
+  config.data.sampling.ratio = 0.25
+  config.data.sampling.cap = 50
 
 
 def apply_arm(config, arm):
@@ -20,17 +44,31 @@ def apply_arm(config, arm):
     config.loss.name = "focal"
     config.loss.gamma = 2.0
     config.loss.alpha = -1.0
-  elif arm in ("oversample", "hybrid"):  # Data-level: target_ratio oversampling + augmentation.
-    config.data.sampling.name = "target_ratio"
-    config.data.sampling.ratio = 0.25  # A quarter of every epoch carries data.target.
-    config.data.sampling.cap = 50
+  elif arm == "sample_only":  # Ablation: the oversample arm's sampling alone, images as stored.
+    _oversample(config)
+    config.data.augment.enabled = False
+    config.loss.name = "bce"
+  elif arm == "augment_only":  # Ablation: the oversample arm's (label-blind) augmentation alone.
     config.data.augment.enabled = True
+    config.data.augment.label_dependent = False
+    config.loss.name = "bce"
+  elif arm in ("oversample", "hybrid"):  # Data-level: oversampling + label-blind augmentation.
+    _oversample(config)
+    config.data.augment.enabled = True
+    config.data.augment.label_dependent = False
     if arm == "oversample":  # ... with plain BCE.
       config.loss.name = "bce"
     else:  # 'hybrid': ... with focal loss, gamma 2, no alpha.
       config.loss.name = "focal"
       config.loss.gamma = 2.0
       config.loss.alpha = -1.0
+  elif arm == "oversample_labelaug":  # `oversample`, but target images augmented more often and harder.
+    _oversample(config)
+    config.data.augment.enabled = True
+    config.data.augment.label_dependent = True
+    config.data.augment.probability, config.data.augment.strength = 0.5, 0.5  # Non-target images.
+    config.data.augment.minority_probability, config.data.augment.minority_strength = 0.9, 1.0
+    config.loss.name = "bce"
   elif arm == "smote":  # Plain-BCE backbone, then SMOTE on its training embeddings and a new BCE head.
     config.loss.name = "bce"
     config.smote.method = "smote"
@@ -39,6 +77,9 @@ def apply_arm(config, arm):
     config.smote.method = "smote"
     config.smote.views = 4
     config.smote.loss = "focal"
+  elif arm == "crt":  # Plain-BCE backbone, then decoupled classifier re-training with class-balanced sampling.
+    config.loss.name = "bce"
+    config.crt.enabled = True
   else:
     raise ValueError(f"Unknown arm {arm!r}; choose one of {', '.join(ARMS)}.")
   config.arm = arm

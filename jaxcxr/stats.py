@@ -4,14 +4,14 @@
   python -m jaxcxr.stats --config=configs/hernia.py --config.data.split=random --json
 
 Reads only the label file (and, for the official split, train_val_list.txt and test_list.txt); images are
-not needed. The split is the one training would use: config.data.split, config.data.val_fraction and
-config.seed. Run it from the repository root (configs import each other as `configs.*`).
+not needed. The split is the one training would use: config.data.split, config.data.val_fraction,
+config.data.split_seed and config.data.target (config.seed does not change it). Run it from the
+repository root (configs import each other as `configs.*`).
 """
 
 import json
 import os
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
@@ -48,14 +48,17 @@ def compute(config, directory):
                         f"{directory}.")
   meta = nih.read_labels(label_file)
   name = config.data.split
-  splits = nih.split(meta, directory, name=name, val_fraction=config.data.val_fraction, seed=config.seed)
+  split_seed = config.data.split_seed
+  splits = nih.split(meta, directory, name=name, val_fraction=config.data.val_fraction, seed=split_seed,
+                     target=config.data.target)
   parts = {"all": meta}
   if name == "official":  # NIH's own train_val list, to compare with published counts.
     parts["train_val"] = nih.concat([splits["train"], splits["val"]])
   parts.update(splits)
   return {"data_dir": directory, "label_file": label_file, "split": name,
-          "val_fraction": config.data.val_fraction, "seed": config.seed, "classes": list(nih.CLASSES),
-          "table": nih.table1(parts)}
+          "val_fraction": config.data.val_fraction, "split_seed": split_seed, "target": config.data.target,
+          "classes": list(nih.CLASSES), "table": nih.table1(parts),
+          "target_by_split": nih.describe_split(splits, target=config.data.target)}
 
 
 def _cell(count, share):
@@ -84,10 +87,13 @@ def format_table(stats):
   split_note = stats["split"]
   if stats["split"] == "official":
     split_note += (f" (NIH train_val_list.txt / test_list.txt; val = {stats['val_fraction']:g} of train_val "
-                   f"patients, seed {stats['seed']})")
+                   f"patients, split seed {stats['split_seed']})")
   else:
-    split_note += f" (patient-level; val_fraction {stats['val_fraction']:g}, seed {stats['seed']})"
+    split_note += f" (patient-level 70/10/20, split seed {stats['split_seed']})"
+  target = ", ".join(f"{name} {d['target_images']:,} images / {d['target_patients']:,} patients"
+                     for name, d in stats["target_by_split"].items())
   out = [f"NIH ChestX-ray14 label file: {stats['label_file']}", f"Split: {split_note}",
+         f"Target {stats['target']}: {target}",
          "Positives per class (prevalence = positives / images of that column).", "",
          line("", parts), line("", ["-" * w for w in widths])]
   for i, (label, cells) in enumerate(rows):
@@ -105,4 +111,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "jaxcxr.stats")
