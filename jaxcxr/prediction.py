@@ -68,16 +68,28 @@ def parse_classes(text: str) -> List[str]:
   return out
 
 
+def validation_thresholds(ctx, variables) -> np.ndarray:
+  """(14,) thresholds chosen on the run's validation split with config.train.threshold_rule, as the run's
+  test report chose them (`ctx.thresholds` when the model context provides it)."""
+  if hasattr(ctx, "thresholds"):
+    return np.asarray(ctx.thresholds(variables), np.float64)
+  from jaxcxr import metrics  # pylint: disable=g-import-not-at-top
+  val = ctx.splits["val"]
+  t = ctx.config.train
+  return metrics.select_thresholds(labels=val.meta.labels, scores=ctx.predict_split(variables, val),
+                                   rule=t.threshold_rule, target_recall=t.target_recall)
+
+
 def predict_files(ctx, variables, paths: Sequence[str], *, thresholds=None, step=None, keep_images=False,
                   progress: bool = True) -> Predictions:
   """Reads and scores `paths` with `ctx` (a ModelContext) and `variables`.
 
-  thresholds: (14,) operating thresholds; default `ctx.thresholds(variables)` (validation-chosen with
-  config.train.threshold_rule). keep_images: keep the images read (for `write_heatmaps`).
+  thresholds: (14,) operating thresholds; default `validation_thresholds(ctx, variables)`.
+  keep_images: keep the images read (for `write_heatmaps`).
   """
   size = int(ctx.config.data.image_size)
   if thresholds is None:
-    thresholds = ctx.thresholds(variables)
+    thresholds = validation_thresholds(ctx, variables)
   thresholds = np.asarray(thresholds, np.float64).reshape(len(nih.CLASSES))
   paths = list(paths)
   probs = np.full((len(paths), len(nih.CLASSES)), np.nan, np.float32)

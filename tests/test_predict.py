@@ -258,7 +258,13 @@ def test_predict_command_matches_evaluation(trained, tmp_path):
     assert np.abs(dicom_probs - probs[:5]).max() <= 1e-3, (kind, np.abs(dicom_probs - probs[:5]).max())
   assert rows[55]["error"] and "cut.dcm" in rows[55]["error"] and rows[55]["prob_Hernia"] == ""
   assert len(os.listdir(tmp_path / "maps")) == 55
-  thresholds = ctx.thresholds(variables)
+  thresholds = prediction.validation_thresholds(ctx, variables)
+  report_path = os.path.join(workdir, "report", "report.json")
+  if os.path.exists(report_path):  # The run's own test report chose the same thresholds on validation.
+    with open(report_path) as f:
+      report = json.load(f)
+    if report["checkpoint_step"] == step:
+      np.testing.assert_allclose(thresholds, [report["classes"][c]["threshold"] for c in nih.CLASSES])
   calls = np.asarray([[int(r[f"call_{c}"]) for c in nih.CLASSES] for r in rows[:40]])
   np.testing.assert_array_equal(calls, (probs >= thresholds).astype(int))
   assert readers.read_image(pngs[0], config.data.image_size).error is None

@@ -163,7 +163,7 @@ def decode(path, size):
 def resize_grey(a, size):
   """(H, W) uint8 grey -> (size, size) uint8, resized exactly as `decode` resizes what `prepare` stores
   (for images that reach 8-bit grey another way, e.g. DICOM in jaxcxr.data.readers)."""
-  return resize(Image.fromarray(np.ascontiguousarray(a, np.uint8)), size)
+  return split_lib.resize(Image.fromarray(np.ascontiguousarray(a, np.uint8)), size)
 
 
 def _decode_chunk(job):
