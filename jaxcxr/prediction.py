@@ -199,6 +199,9 @@ def run(workdir: str, inputs: Sequence[str], *, checkpoint="best", out: str = "p
   ctx = model_context.ModelContext.from_workdir(workdir)
   step, variables = ctx.restore(parse_checkpoint(checkpoint))
   result = predict_files(ctx, variables, paths, step=step, keep_images=bool(heatmaps_dir), progress=progress)
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0:  # Every process scores (the batches span all devices); one writes.
+    return result
   sidecar = write_csv(out, result)
   logging.info("Scored %d of %d images with %s at step %d; %d could not be read (see the error column). "
                "Wrote %s and %s.", result.info["scored"], len(paths), workdir, step, result.info["errors"], out,

@@ -259,12 +259,10 @@ def test_predict_command_matches_evaluation(trained, tmp_path):
   assert rows[55]["error"] and "cut.dcm" in rows[55]["error"] and rows[55]["prob_Hernia"] == ""
   assert len(os.listdir(tmp_path / "maps")) == 55
   thresholds = prediction.validation_thresholds(ctx, variables)
-  report_path = os.path.join(workdir, "report", "report.json")
-  if os.path.exists(report_path):  # The run's own test report chose the same thresholds on validation.
-    with open(report_path) as f:
-      report = json.load(f)
-    if report["checkpoint_step"] == step:
-      np.testing.assert_allclose(thresholds, [report["classes"][c]["threshold"] for c in nih.CLASSES])
+  from jaxcxr import experiment  # pylint: disable=g-import-not-at-top
+  report = experiment.test_report(ctx, checkpoint="best")  # The run's test report chooses them on validation.
+  assert report["checkpoint_step"] == step
+  np.testing.assert_allclose(thresholds, [report["classes"][c]["threshold"] for c in nih.CLASSES])
   calls = np.asarray([[int(r[f"call_{c}"]) for c in nih.CLASSES] for r in rows[:40]])
   np.testing.assert_array_equal(calls, (probs >= thresholds).astype(int))
   assert readers.read_image(pngs[0], config.data.image_size).error is None
