@@ -195,11 +195,14 @@ def run(workdir: str, inputs: Sequence[str], *, checkpoint="best", out: str = "p
   the CSV and its sidecar JSON (and overlays under `heatmaps_dir`); returns the Predictions."""
   from absl import logging  # pylint: disable=g-import-not-at-top
   from jaxcxr import model_context  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxcxr import errors  # pylint: disable=g-import-not-at-top
+  if heatmaps_dir and jax.process_count() > 1:
+    raise errors.UserError("--heatmaps runs in a single process; run predict without a multi-process launcher.")
   paths = readers.find_inputs(list(inputs))
   ctx = model_context.ModelContext.from_workdir(workdir)
   step, variables = ctx.restore(parse_checkpoint(checkpoint))
   result = predict_files(ctx, variables, paths, step=step, keep_images=bool(heatmaps_dir), progress=progress)
-  import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0:  # Every process scores (the batches span all devices); one writes.
     return result
   sidecar = write_csv(out, result)
