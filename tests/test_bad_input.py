@@ -190,7 +190,7 @@ def test_config_errors_name_field_value_and_what_is_allowed(sweep):
   _, results, _ = sweep
   assert results["main: misspelt name"][1].strip() == (
       "jaxcxr: config.loss.name='focall' is not allowed: use one of 'bce', 'weighted_bce', 'focal', "
-      "'class_balanced'.")
+      "'class_balanced', 'asl', 'ldam', 'logit_adjusted'.")
   assert "an integer >= 1" in results["stats: negative size"][1]
   assert "a number in (0, 1)" in results["bench: fraction out of range"][1]
   assert "valid tokens: arms baseline" in results["prepare: unknown arm token"][1]

@@ -160,6 +160,12 @@ def decode(path, size):
   return split_lib.resize(Image.fromarray(a), size), None
 
 
+def resize_grey(a, size):
+  """(H, W) uint8 grey -> (size, size) uint8, resized exactly as `decode` resizes what `prepare` stores
+  (for images that reach 8-bit grey another way, e.g. DICOM in jaxcxr.data.readers)."""
+  return split_lib.resize(Image.fromarray(np.ascontiguousarray(a, np.uint8)), size)
+
+
 def _decode_chunk(job):
   """Worker: decodes one chunk into rows start.. of the array file; returns (start, [(offset, reason, detail)])."""
   array_path, start, paths, size = job

@@ -508,3 +508,10 @@ def find_images(data_dir, names):
       for entry in os.scandir(folder):
         where.setdefault(entry.name, entry.path)
   return {n: where.get(n) for n in names}
+
+
+def class_name(label):
+  """The name in CLASSES that `label` means (BBox_List_2017.csv's 'Infiltrate' -> 'Infiltration'), or None."""
+  label = label.strip()
+  label = _LABEL_ALIASES.get(label, label)
+  return label if label in CLASSES else None
