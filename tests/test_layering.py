@@ -15,7 +15,7 @@ ENTRY_POINTS = {"jaxcxr.main", "jaxcxr.evaluate", "jaxcxr.study", "jaxcxr.smote"
 # Stages above the trainer: train.py imports none of them.
 STAGES = {"jaxcxr.embeddings", "jaxcxr.head_stages", "jaxcxr.heads", "jaxcxr.resampling", "jaxcxr.evaluation",
           "jaxcxr.experiment", "jaxcxr.study_runner", "jaxcxr.smote", "jaxcxr.evaluate",
-          "jaxcxr.export_embeddings"}
+          "jaxcxr.export_embeddings", "jaxcxr.prediction", "jaxcxr.localization", "jaxcxr.heatmaps"}
 
 
 def _modules():
