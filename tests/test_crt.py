@@ -65,10 +65,11 @@ def test_crt_arm_reports_and_writes_back(crt_run):
   defined = 0
   for name in nih.CLASSES:
     ours, theirs = combined["classes"][name], report["classes"][name]
-    assert (ours["auroc"] is None) == (theirs["auroc"] is None), name
-    if ours["auroc"] is not None:
-      assert ours["auroc"] == pytest.approx(theirs["auroc"], abs=1e-4), name
-      defined += 1
+    for key in ("auroc", "auprc"):
+      assert (ours[key] is None) == (theirs[key] is None), (name, key)
+      if ours[key] is not None:
+        assert ours[key] == pytest.approx(theirs[key], abs=1e-4), (name, key)
+        defined += 1
   assert defined > 10
   # The new head is not the backbone's.
   assert any(report["classes"][n]["auroc"] is not None

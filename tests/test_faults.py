@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -185,7 +186,8 @@ def test_a_second_run_on_a_busy_workdir_stops_at_once_and_the_first_finishes(tin
                  log_every=2)
   _, err = second.communicate(timeout=120)
   assert second.returncode != 0 and time.time() - started < 30, err[-2000:]
-  lines = [l for l in err.splitlines() if l.strip()]
+  # Besides absl's log lines (I/W + date), exactly one line: the error.
+  lines = [l for l in err.splitlines() if l.strip() and not re.match(r"[IWE]\d{4} ", l)]
   assert len(lines) == 1 and "in use by" in lines[0] and str(first.pid) in lines[0], err[-2000:]
   _, err = first.communicate(timeout=600)
   assert first.returncode == 0, err[-3000:]

@@ -44,7 +44,7 @@ def _run(mode, devices, batches):
     assert old.params["head"]["kernel"].is_deleted(), "the state is donated"
     history.append(jax.device_get(metrics))
   assert state.params["head"]["kernel"].sharding.is_fully_replicated
-  probs = evaluate(state, jax.device_put(batches[0], data))
+  probs = evaluate(train.variables_of(state), jax.device_put(batches[0]["image"], data))
   assert probs.sharding.is_fully_replicated
   return jax.device_get((state.params, state.batch_stats)), history, np.asarray(probs)
 
