@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jaxcxr.data import datasets  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxcxr.data import nih  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxcxr.data import split as split_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 # Nothing heavier at the top: preparation workers are spawned and import this module again (Grain, imported
 # in time_loader, costs 1.5 s per worker; `python -m jaxcxr.prepare`'s workers import 0.3 s worth).
 
@@ -155,7 +156,7 @@ def main():
              cores)
 
     prepared = datasets.prepare(directory, meta, size=args.size, progress=False)
-    split = datasets.Split("train", prepared.meta, prepared.images, prepared.rows)
+    split = split_lib.Split("train", prepared.meta, prepared.images, prepared.rows)
     record(f"loader, memmap, batch {args.batch}",
            [time_loader(split, batch=args.batch, num_batches=args.loader_batches) for _ in range(args.repeats)], 5000)
 
@@ -172,7 +173,7 @@ def main():
     parts = (sources["train_val"], sources["test"])
     names = [s[i]["image_id"].decode() for s in parts for i in range(len(s))]
     where = {n: i for i, n in enumerate(names)}
-    tsplit = datasets.Split("train", prepared.meta, tfds_builder.Images(parts),
+    tsplit = split_lib.Split("train", prepared.meta, tfds_builder.Images(parts),
                             np.asarray([where[n] for n in prepared.meta.names], np.int64))
     # The export is for other tools; training reads the memory-mapped array (row "loader, memmap").
     record("  reference: same loader over TFDS data source",

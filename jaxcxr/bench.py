@@ -22,7 +22,6 @@ device memory. Results print as a table and go to --json_out (default: a new fil
 whose path is printed).
 """
 
-import functools
 import importlib.util
 import json
 import os
@@ -34,7 +33,6 @@ import sys
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 import numpy as np
@@ -97,22 +95,12 @@ def _fake_counts(config):
 
 
 def build(config):
-  """(mesh, data sharding, jitted train step, initial state) as train.Trainer makes them, without data."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from jaxcxr import losses  # pylint: disable=g-import-not-at-top
+  """(mesh, data sharding, jitted train step, initial state) of the trainer, without data (the loss weights
+  and the head's prior bias come from made-up counts: speed does not depend on their values)."""
   from jaxcxr import train  # pylint: disable=g-import-not-at-top
-  mesh = train.make_mesh()
-  if config.train.batch_size % mesh.size:
-    raise ValueError(f"train.batch_size={config.train.batch_size} does not divide by the {mesh.size} devices.")
   num_pos, num_total = _fake_counts(config)
-  model = train.create_model(config, prevalence=num_pos / num_total)
-  loss_fn = losses.get_loss_fn(config.loss, num_pos=num_pos, num_total=num_total)
-  init = jax.jit(functools.partial(train.create_train_state, config, model, image_size=config.data.image_size),
-                 out_shardings=NamedSharding(mesh, P()))
-  state = init(jax.random.key(config.seed, impl="rbg"))
-  train_step, _ = train.jit_steps(mesh, loss_fn)
-  return mesh, NamedSharding(mesh, P("data")), train_step, state
+  trainer = train.Trainer(config, num_pos=num_pos, num_total=num_total)
+  return trainer.mesh, trainer.ctx.data_sharding, trainer.train_step, trainer.state
 
 
 def synthetic_local_batch(config, rng):
@@ -159,14 +147,14 @@ def bench_step(config, built, *, steps, warmup, windows):
 
 def synthetic_split(config, num_images):
   """An in-memory 'train' split of random uint8 images at the config's size (loader timing only)."""
-  from jaxcxr.data import datasets  # pylint: disable=g-import-not-at-top
+  from jaxcxr.data import split as split_lib  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   s = config.data.image_size
   images = rng.integers(0, 256, (num_images, s, s), dtype=np.uint8)
   labels = (rng.random((num_images, len(nih.CLASSES))) < 0.05).astype(np.uint8)
   meta = nih.Metadata(names=np.asarray([f"synthetic_{i:06d}.png" for i in range(num_images)]),
                       patients=np.arange(num_images, dtype=np.int64), labels=labels)
-  return datasets.Split("train", meta, images, np.arange(num_images, dtype=np.int64))
+  return split_lib.Split("train", meta, images, np.arange(num_images, dtype=np.int64))
 
 
 def _prepared_dir(config):
@@ -422,9 +410,9 @@ def run_bench(config, *, parts, steps, warmup, windows, peer, data, synthetic_im
   # The step reuses the warm cache the compile part wrote (the same program), else the config's cache.
   cli.enable_compilation_cache(cache_dir or config.train.compilation_cache)
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxcxr import train  # pylint: disable=g-import-not-at-top
+  from jaxcxr import model_context  # pylint: disable=g-import-not-at-top
   dev = jax.devices()[0]
-  dtype = np.dtype(train.compute_dtype(config.model.dtype)).name
+  dtype = np.dtype(model_context.compute_dtype(config.model.dtype)).name
   results["device"] = {"kind": dev.device_kind, "platform": dev.platform, "count": jax.device_count(),
                        "processes": jax.process_count(), "host": platform.node(),
                        "cpu": platform.processor() or platform.machine(), "host_cpus": os.cpu_count(),
@@ -490,4 +478,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "jaxcxr.bench")

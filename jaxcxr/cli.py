@@ -42,6 +42,14 @@ def user_errors(prog, *extra):
     sys.exit(2)
 
 
+def run_config(config, workdir):
+  """The --config given, else the one the run in `workdir` was trained with (WORKDIR/config.json)."""
+  if config is not None:
+    return config
+  from jaxcxr import runfolder  # pylint: disable=g-import-not-at-top  (keeps `cli` light for every command)
+  return runfolder.read_config(workdir)
+
+
 def run(main, prog):
   """`absl.app.run(main)` with user errors caught in one place: every command's `__main__` calls this."""
   def guarded(argv):

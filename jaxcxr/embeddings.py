@@ -11,8 +11,8 @@ are plain `np.savez` archives that load with `np.load(path, allow_pickle=False)`
   backbone_probs  (N, 14) float32  the model's own probabilities, sigmoid(features @ head kernel + bias)
 
 Views (`smote.views` = K > 0): each training image whose labels carry `data.target` gets K augmented copies
-(jaxcxr.data.augment, keys folded from `seed` and the view number), embedded like the rest and appended to
-train with the source image's labels.
+(jaxcxr.data.augment, one key per (image, view): `seed` folded with the view number, then the image's row),
+embedded like the rest and appended to train with the source image's labels.
 """
 
 import dataclasses
@@ -23,16 +23,16 @@ from typing import Optional, Union
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
 
 from jaxcxr import errors
-from jaxcxr import train
-from jaxcxr.data import datasets
+from jaxcxr import model_context
+from jaxcxr import runfolder
+from jaxcxr.data import augment
 from jaxcxr.data import nih
-from jaxcxr.data import pipeline
+from jaxcxr.data import split as split_lib
 
 SPLITS = ("train", "val", "test")
 FIELDS = ("features", "labels", "image_ids", "patient_ids", "is_view", "backbone_probs")
@@ -60,7 +60,7 @@ class Embeddings:
 
 
 def embeddings_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(os.path.expanduser(workdir)), "embeddings")
+  return os.path.join(runfolder.path(workdir), "embeddings")
 
 
 # ----------------------------------------------------------------------------
@@ -68,62 +68,15 @@ def embeddings_dir(workdir: str) -> str:
 # ----------------------------------------------------------------------------
 
 
-def features_step(state, batch):
-  """(features (B, D) float32, probabilities (B, 14)) of a global batch of uint8 or [0, 255] images."""
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  feats = state.apply_fn(variables, train.normalize(batch["image"]), train=False, features=True)
-  head = state.params["head"]
-  logits = feats @ head["kernel"].astype(jnp.float32) + head["bias"].astype(jnp.float32)
-  return feats.astype(jnp.float32), jax.nn.sigmoid(logits)
+def views_step(variables, view, images, labels, ids, *, model, augment_fn, seed):
+  """(features, probabilities) of view `view` of each image; image i's augmentation key is
+  fold_in(fold_in(key(seed), view), ids[i]), so every (image, view) pair draws its own."""
+  base = jax.random.fold_in(jax.random.key(seed), view)
+  keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(ids)
+  return model_context.features_step(variables, augment_fn(keys, images, labels), model=model)
 
 
-def views_step(state, batch, key, *, augment_fn):
-  """features_step of `augment_fn(key, images, labels)`: one augmented view of each image."""
-  images = augment_fn(key, batch["image"], batch["labels"])
-  return features_step(state, {"image": images})
-
-
-def _jit(trainer, fn, *, extra_args=0):
-  """jit of fn(state, batch, *extra): batch sharded over 'data', state and extras replicated."""
-  data = trainer.data_sharding
-  return jax.jit(fn, in_shardings=(trainer.replicated, data) + (trainer.replicated,) * extra_args,
-                 out_shardings=(trainer.replicated, trainer.replicated))
-
-
-def _batches(split, rows, *, global_batch):
-  """Like pipeline.eval_batches over the images `rows` of `split` (with their labels)."""
-  local = global_batch // jax.process_count()
-  size = split.images.shape[1:]
-  labels = split.meta.labels.astype(np.float32)
-  for start in range(0, len(rows), global_batch):
-    idx = np.arange(start + jax.process_index() * local, start + (jax.process_index() + 1) * local)
-    idx = idx[idx < len(rows)]
-    images = np.zeros((local, *size, 1), np.uint8)
-    images[:len(idx), ..., 0] = split.images[split.rows[rows[idx]]]
-    lab = np.zeros((local, labels.shape[1]), np.float32)
-    lab[:len(idx)] = labels[rows[idx]]
-    yield {"image": images, "labels": lab}, min(global_batch, len(rows) - start)
-
-
-def _run(trainer, step_fn, batches, *, total, desc, progress):
-  """Runs `step_fn(global batch) -> (features, probs)` over `batches`; returns the real rows on the host."""
-  feats, probs = [], []
-  bar = tqdm.tqdm(total=total, desc=desc, unit="img", disable=not progress or jax.process_index() != 0,
-                  dynamic_ncols=True)
-  for local, valid in batches:
-    f, p = step_fn(trainer.global_batch(local))
-    feats.append((f, valid))
-    probs.append(p)
-    bar.update(valid)
-  bar.close()
-  if not feats:
-    return np.zeros((0, 0), np.float32), np.zeros((0, len(nih.CLASSES)), np.float32)
-  f = np.concatenate([train.to_host(x)[:v] for x, v in feats])
-  p = np.concatenate([train.to_host(x)[:v] for x, (_, v) in zip(probs, feats)])
-  return f, p.astype(np.float32)
-
-
-def split_rows(split: datasets.Split, features, probs, *, view=None) -> Embeddings:
+def split_rows(split: split_lib.Split, features, probs, *, view=None) -> Embeddings:
   """Embeddings of `split`'s rows; with view=(rows, k), of view k of the images `rows`."""
   idx = slice(None) if view is None else view[0]
   names = split.meta.names[idx]
@@ -141,10 +94,8 @@ def concat(parts) -> Embeddings:
 
 
 def make_augment_fn(config, *, views):
-  """jaxcxr.data.augment's jittable augmentation with the probabilities and strengths of
-  `config.data.augment`, whether or not training itself augments (`data.augment.enabled`): views are
-  always augmented."""
-  from jaxcxr.data import augment  # pylint: disable=g-import-not-at-top
+  """jaxcxr.data.augment's jittable augmentation with the settings of `config.data.augment`, whether or
+  not training itself augments (`data.augment.enabled`): views are always augmented."""
   if "augment" not in config.data:
     raise EmbeddingsError(f"smote.views={views} needs the data.augment block of configs/base.py, which this "
                           "config lacks; set --config.smote.views=0 or use a current config.")
@@ -153,35 +104,58 @@ def make_augment_fn(config, *, views):
   return augment.make_augment_fn(views_config)
 
 
-def compute(trainer: train.Trainer, state, *, views: int = 0, seed: int = 0,
+def _view_images(split, rows, *, view, ctx, step_fn, progress):
+  """(features, probs) of view `view` of the images `rows` of `split` (see `views_step` for the keys)."""
+  out_f, out_p = [], []
+  batch = ctx.eval_batch_size
+  local = batch // jax.process_count()
+  lo = jax.process_index() * local
+  bar = tqdm.tqdm(total=len(rows), desc=f"embed train view {view + 1}", unit="img", dynamic_ncols=True,
+                  disable=not progress or jax.process_index() != 0)
+  for start in range(0, len(rows), batch):
+    idx = np.arange(start + lo, start + lo + local)
+    idx = idx[idx < len(rows)]
+    images = np.zeros((local, *split.images.shape[1:], 1), np.uint8)
+    images[:len(idx), ..., 0] = split.images[split.rows[rows[idx]]]
+    labels = np.zeros((local, len(nih.CLASSES)), np.float32)
+    labels[:len(idx)] = split.meta.labels[rows[idx]]
+    ids = np.zeros(local, np.int32)
+    ids[:len(idx)] = rows[idx]
+    f, p = step_fn(view, *ctx.global_batch((images, labels, ids)))
+    valid = min(batch, len(rows) - start)
+    out_f.append(model_context.to_host(f)[:valid])
+    out_p.append(model_context.to_host(p)[:valid])
+    bar.update(valid)
+  bar.close()
+  return np.concatenate(out_f), np.concatenate(out_p)
+
+
+def compute(ctx: model_context.ModelContext, variables, *, views: int = 0, seed: int = 0,
             progress: bool = True) -> dict:
-  """{split: Embeddings} of every image of train, val and test under `state`, plus `views` augmented
+  """{split: Embeddings} of every image of train, val and test under `variables`, plus `views` augmented
   views of each training image carrying the target (appended to train, marked is_view)."""
-  step = _jit(trainer, features_step)
   out = {}
   for name in SPLITS:
-    split = trainer.splits[name]
-    batches = pipeline.eval_batches(split, global_batch=trainer.eval_batch_size,
-                                    process_index=jax.process_index(), process_count=jax.process_count())
-    f, p = _run(trainer, lambda b: step(state, b), batches, total=len(split), desc=f"embed {name}",
-                progress=progress)
+    split = ctx.splits[name]
+    f, p = ctx.features_split(variables, split, desc=f"embed {name}" if progress else None)
     out[name] = split_rows(split, f, p)
   if views:
-    split = trainer.splits["train"]
-    rows = np.flatnonzero(split.meta.labels[:, trainer.target] > 0)
-    augment_fn = make_augment_fn(trainer.config, views=views)
-    vstep = _jit(trainer, functools.partial(views_step, augment_fn=augment_fn), extra_args=1)
+    config = ctx.config
+    split = ctx.splits["train"]
+    rows = np.flatnonzero(split.meta.labels[:, nih.CLASSES.index(config.data.target)] > 0)
+    augment_fn = make_augment_fn(config, views=views)
+    data = ctx.data_sharding
+    step = jax.jit(functools.partial(views_step, model=ctx.model, augment_fn=augment_fn, seed=seed),
+                   in_shardings=(ctx.replicated, None, data, data, data),
+                   out_shardings=(ctx.replicated, ctx.replicated))
     parts = [out["train"]]
-    base = jax.random.key(seed)
     for k in range(views):
-      key = jax.device_put(jax.random.fold_in(base, k), trainer.replicated)
-      batches = _batches(split, rows, global_batch=trainer.eval_batch_size)
-      f, p = _run(trainer, lambda b, key=key: vstep(state, b, key), batches, total=len(rows),
-                  desc=f"embed train view {k + 1}/{views}", progress=progress)
+      f, p = _view_images(split, rows, view=k, ctx=ctx, progress=progress,
+                          step_fn=lambda view, *batch: step(variables, view, *batch))
       parts.append(split_rows(split, f, p, view=(rows, k)))
     out["train"] = concat(parts)
     logging.info("Added %d views of each of the %d training images with %s.", views, len(rows),
-                 trainer.config.data.target)
+                 config.data.target)
   return out
 
 
@@ -229,45 +203,33 @@ def load(out_dir: str) -> tuple[dict, dict]:
 # ----------------------------------------------------------------------------
 
 
-def export(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: Union[str, int] = "best",
-           views: Optional[int] = None, out_dir: Optional[str] = None,
-           trainer: Optional[train.Trainer] = None, progress: bool = True) -> tuple[dict, dict]:
+def export(ctx: model_context.ModelContext, *, checkpoint: Union[str, int] = "best",
+           views: Optional[int] = None, out_dir: Optional[str] = None, progress: bool = True) -> tuple[dict, dict]:
   """Embeds every image of the run's splits from `checkpoint` and saves them (process 0).
 
   Args:
-    config: the run's config.
-    workdir: the training run's folder (holding checkpoints/).
+    ctx: the run's model context (`ModelContext.from_workdir(workdir)`, or the one training returned).
     checkpoint: 'best', 'latest' or a step number.
     views: augmented views per target-positive training image (default config.smote.views).
     out_dir: default WORKDIR/embeddings.
-    trainer: a Trainer of this run already built, to reuse.
     progress: show progress bars.
 
   Returns:
     ({split: Embeddings}, meta).
   """
-  from jaxcxr import evaluate  # pylint: disable=g-import-not-at-top  (evaluate imports train too)
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  config = ctx.config
   views = int((config.smote.views if "smote" in config else 0) if views is None else views)
   if views < 0:
     raise EmbeddingsError(f"smote.views must be >= 0, got {views}.")
-  if trainer is None:
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not (os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))):
-      raise EmbeddingsError(f"No checkpoints in {ckpt_dir}: train first (python -m jaxcxr.main "
-                            f"--config=... --workdir={workdir}).")
-    evaluate.check_config(config, workdir)
-    trainer = train.Trainer(evaluate._eval_config(config), workdir)  # pylint: disable=protected-access
   if views:
     make_augment_fn(config, views=views)  # Fail before the long part.
-  step = evaluate.resolve_checkpoint(trainer.ckpt, checkpoint)
-  state = trainer.restore(step)
+  step, variables = ctx.restore(checkpoint)
   logging.info("Embedding train, val and test with the checkpoint at step %d (%s).", step, checkpoint)
-  embeddings = compute(trainer, state, views=views, seed=config.seed, progress=progress)
+  embeddings = compute(ctx, variables, views=views, seed=config.seed, progress=progress)
   meta = {"checkpoint_step": int(step), "checkpoint": str(checkpoint), "model": config.model.name,
           "feature_dim": int(embeddings["train"].features.shape[1]), "classes": list(nih.CLASSES),
           "target": config.data.target, "views": views, "split": config.data.split}
-  out_dir = out_dir or embeddings_dir(workdir)
+  out_dir = out_dir or embeddings_dir(ctx.workdir)
   if jax.process_index() == 0:
     save(embeddings, out_dir, meta=meta)
     logging.info("Embeddings (%s rows) -> %s", ", ".join(f"{n} {len(e)}" for n, e in embeddings.items()),

@@ -12,42 +12,34 @@ np.load(path, allow_pickle=False) and holds features (N, D) float32, labels (N, 
 patient_ids, is_view and backbone_probs (the model's own probabilities). See jaxcxr/embeddings.py.
 """
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from jaxcxr import cli
 from jaxcxr import embeddings
-from jaxcxr import evaluate
-from jaxcxr.data import nih
+from jaxcxr import model_context
 
 FLAGS = flags.FLAGS
-
-
-def define_flags():
-  flags.DEFINE_string("workdir", None, "The training run's folder (holding checkpoints/ and config.json).")
-  config_flags.DEFINE_config_file(
-      "config", None, "The run's config file and arm, with the overrides it was trained with "
-      "(e.g. configs/demo.py:smote). Default: WORKDIR/config.json.", lock_config=True)
-  flags.DEFINE_string("checkpoint", None, "'best' (validation AUPRC of the target), 'latest' or a step "
-                      "number. Default: the config's smote.checkpoint ('best').")
-  flags.DEFINE_integer("views", None, "Augmented views per training image with the target finding "
-                       "(default: the config's smote.views; 0 = none).")
-  flags.DEFINE_string("out_dir", None, "Output folder (default: WORKDIR/embeddings).")
-  flags.mark_flags_as_required(["workdir"])
+flags.DEFINE_string("workdir", None, "The training run's folder (holding checkpoints/ and config.json).")
+config_flags.DEFINE_config_file(
+    "config", None, "The run's config file and arm, with the overrides it was trained with "
+    "(e.g. configs/demo.py:smote). Default: WORKDIR/config.json.", lock_config=True)
+flags.DEFINE_string("checkpoint", None, "'best' (validation AUPRC of the target), 'latest' or a step "
+                    "number. Default: the config's smote.checkpoint ('best').")
+flags.DEFINE_integer("views", None, "Augmented views per training image with the target finding "
+                     "(default: the config's smote.views; 0 = none).")
+flags.DEFINE_string("out_dir", None, "Output folder (default: WORKDIR/embeddings).")
+flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
   cli.start(argv)
-  with cli.user_errors("jaxcxr.export_embeddings", nih.DataError, evaluate.EvaluationError,
-                       embeddings.EmbeddingsError):
-    config = FLAGS.config if FLAGS.config is not None else evaluate.load_workdir_config(FLAGS.workdir)
-    smote_cfg = config.get("smote")
-    checkpoint = FLAGS.checkpoint or (smote_cfg.checkpoint if smote_cfg else "best")
-    views = FLAGS.views if FLAGS.views is not None else (smote_cfg.views if smote_cfg else 0)
-    embeddings.export(config, FLAGS.workdir, checkpoint=checkpoint, views=views, out_dir=FLAGS.out_dir)
+  ctx = model_context.ModelContext.from_workdir(FLAGS.workdir, FLAGS.config)
+  smote_cfg = ctx.config.get("smote")
+  checkpoint = FLAGS.checkpoint or (smote_cfg.checkpoint if smote_cfg else "best")
+  views = FLAGS.views if FLAGS.views is not None else (smote_cfg.views if smote_cfg else 0)
+  embeddings.export(ctx, checkpoint=checkpoint, views=views, out_dir=FLAGS.out_dir)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, "jaxcxr.export_embeddings")

@@ -17,7 +17,6 @@ import json
 import os
 import tempfile
 
-from absl import app
 from absl import flags
 import jax
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -127,15 +126,14 @@ def format_summary(s):
   return "\n".join(lines)
 
 
-def define_flags():
-  config_flags.DEFINE_config_file("config", None, "Config file with optional arm, e.g. configs/demo.py:oversample.",
-                                  lock_config=True)
-  flags.DEFINE_integer("num_batches", 100, "Training batches (of train.batch_size images) to draw.")
-  flags.DEFINE_bool("json", False, "Print one JSON object instead of tables.")
-  flags.DEFINE_string("out", os.path.join(tempfile.gettempdir(), "jaxcxr_inspect"),
-                      "Folder for the augmentation grid PNG.")
-  flags.DEFINE_integer("top", 10, "How many of the most repeated images to list.")
-  flags.mark_flags_as_required(["config"])
+config_flags.DEFINE_config_file("config", None, "Config file with optional arm, e.g. configs/demo.py:oversample.",
+                                lock_config=True)
+flags.DEFINE_integer("num_batches", 100, "Training batches (of train.batch_size images) to draw.")
+flags.DEFINE_bool("json", False, "Print one JSON object instead of tables.")
+flags.DEFINE_string("out", os.path.join(tempfile.gettempdir(), "jaxcxr_inspect"),
+                    "Folder for the augmentation grid PNG.")
+flags.DEFINE_integer("top", 10, "How many of the most repeated images to list.")
+flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
@@ -147,5 +145,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, "jaxcxr.inspect_data")

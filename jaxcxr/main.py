@@ -4,20 +4,15 @@
   python -m jaxcxr.main --config=configs/hernia.py:focal --config.data.dir=/data/nih --workdir=/tmp/hernia
 
 Rerunning the same command in the same workdir resumes from its latest checkpoint. The test report is
-written to WORKDIR/report/ (report.json, report.md, roc.png, pr.png, scores.npz).
+written to WORKDIR/report/ (report.json, report.md, roc.png, pr.png, scores.npz); SMOTE arms add WORKDIR/smote/.
 """
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from jaxcxr import cli
 from jaxcxr import cluster
-from jaxcxr import embeddings
-from jaxcxr import smote
-from jaxcxr import train
-from jaxcxr.data import nih
-from jaxcxr.models import weights
+from jaxcxr import experiment
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and the report; a rerun resumes from it.")
@@ -32,21 +27,14 @@ flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's ind
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _init_distributed():
-  """Joins a multi-process run before any other JAX call: explicit flags, or a detected cluster."""
-  cluster.initialize(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
-                     process_id=FLAGS.process_id)
-
-
 def main(argv):
   cli.start(argv)
-  with cli.user_errors("jaxcxr", cluster.ClusterError):
-    _init_distributed()
+  # Joins a multi-process run before any other JAX call: explicit flags, or a detected cluster.
+  cluster.initialize(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
+                     process_id=FLAGS.process_id)
   cli.enable_compilation_cache(FLAGS.config.train.compilation_cache)
-  with cli.user_errors("jaxcxr", nih.DataError, train.NonFiniteLossError, weights.WeightImportError,
-                       smote.SmoteError, embeddings.EmbeddingsError):
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  experiment.run(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "jaxcxr")

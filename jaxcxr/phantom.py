@@ -5,7 +5,6 @@
 The folder can then be used like a real NIH download (data.source='nih', data.dir=/tmp/phantom).
 """
 
-from absl import app
 from absl import flags
 
 from jaxcxr import cli
@@ -64,4 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "jaxcxr.phantom")

@@ -15,7 +15,6 @@ where it stopped when rerun. `python -m jaxcxr.main` runs the first step itself 
 
 import os
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
@@ -54,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "jaxcxr.prepare")

@@ -11,7 +11,6 @@ config.seed. Run it from the repository root (configs import each other as `conf
 import json
 import os
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
@@ -105,4 +104,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "jaxcxr.stats")

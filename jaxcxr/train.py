@@ -1,9 +1,10 @@
-"""The trainer, top to bottom: mesh -> data -> model -> shard -> step -> checkpoint -> loop -> report.
+"""The trainer, top to bottom: mesh -> data -> model -> shard -> step -> checkpoint -> loop (no later stages).
 
 One jitted `train_step` runs data-parallel over every device: the batch is sharded along the mesh axis
 'data', the train state is replicated, and XLA inserts the gradient all-reduce (and computes BatchNorm
 statistics over the global batch). With parallel.mode='shard_map' the same `train_step` runs per device
-under `jax.shard_map` instead, with explicit collectives (see `shard_map_steps`).
+under `jax.shard_map` instead, with explicit collectives (see `shard_map_steps`). What follows training (the
+test report, embeddings, new heads) is composed in experiment.py from the model context `train` returns.
 """
 
 import functools
@@ -25,7 +26,8 @@ import tqdm
 from jaxcxr import errors
 from jaxcxr import losses
 from jaxcxr import metrics as metrics_lib
-from jaxcxr import models
+from jaxcxr import model_context
+from jaxcxr import runfolder
 from jaxcxr import writers
 from jaxcxr.data import augment
 from jaxcxr.data import datasets
@@ -33,8 +35,6 @@ from jaxcxr.data import nih
 from jaxcxr.data import pipeline
 from jaxcxr.models import weights
 
-# Fixed normalisation of [0, 1] grey values; chest radiographs average about 0.5.
-PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
 
 
 class NonFiniteLossError(errors.UserError, RuntimeError):
@@ -43,37 +43,6 @@ class NonFiniteLossError(errors.UserError, RuntimeError):
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
-
-
-def to_host(tree):
-  """Fetches replicated arrays to numpy; in multi-process runs each process reads its local copy."""
-  def fetch(x):
-    return np.asarray(x if x.is_fully_addressable else x.addressable_data(0))
-  return jax.tree.map(fetch, tree)
-
-
-def compute_dtype(name):
-  if name == "auto":
-    return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
-  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
-
-
-def normalize(images):
-  """uint8 (B, S, S, 1) -> float32, zero-centred."""
-  return (images.astype(jnp.float32) / 255.0 - PIXEL_MEAN) / PIXEL_STD
-
-
-def create_model(config, *, prevalence=None):
-  """The Flax model of `config.model`; `prevalence` (14,) sets the head bias when head_bias='prior'."""
-  bias = None
-  if config.model.head_bias == "prior":
-    p = np.clip(np.asarray(prevalence, np.float64), 1e-4, 1 - 1e-4)
-    bias = tuple(np.log(p / (1 - p)).tolist())
-  elif config.model.head_bias != "zero":
-    raise ValueError(f"model.head_bias must be 'prior' or 'zero', got {config.model.head_bias!r}.")
-  return models.get_model(config.model.name, num_classes=len(nih.CLASSES),
-                          dtype=compute_dtype(config.model.dtype), head_bias_init=bias,
-                          bn_axis_name="data" if parallel_mode(config) == "shard_map" else None)
 
 
 def _plateau_scale(config):
@@ -114,7 +83,7 @@ def create_optimizer(config):
          optax.constant_schedule(t.learning_rate)], boundaries=[warmup])
   else:
     raise ValueError(f"train.schedule must be 'warmup_cosine' or 'plateau', got {t.schedule!r}.")
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  decay_mask = model_context.weight_decay_mask
   if t.optimizer == "adamw":
     tx = optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask)
   elif t.optimizer == "adam":
@@ -178,11 +147,11 @@ def train_step(state, batch, *, loss_fn, augment_fn=None, augment_seed=0):
     else:
       key = jax.random.fold_in(base, state.step)
     images = augment_fn(key, images, batch["labels"])
-  images = normalize(images)
+  images = model_context.normalize(images)
 
   def compute_loss(params):
-    logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images,
-                                     train=True, mutable=["batch_stats"])
+    (logits, _), updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images,
+                                          train=True, mutable=["batch_stats"])
     return loss_fn(logits, batch["labels"]).mean(), updates["batch_stats"]
 
   (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
@@ -190,43 +159,31 @@ def train_step(state, batch, *, loss_fn, augment_fn=None, augment_seed=0):
   return state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
-def eval_step(state, batch):
-  """Per-class probabilities for a global batch, with BatchNorm in inference mode."""
-  logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                          normalize(batch["image"]), train=False)
-  return jax.nn.sigmoid(logits.astype(jnp.float32))
-
-
-def make_mesh(devices=None):
-  """A 1-D mesh with axis 'data' over `devices` (default: every device of every process)."""
-  devices = jax.devices() if devices is None else devices
-  return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
-
-
-def jit_steps(mesh, loss_fn, *, augment_fn=None, augment_seed=0):
+def jit_steps(mesh, loss_fn, model, *, augment_fn=None, augment_seed=0):
   """The jitted (train_step, eval_step): batch sharded over 'data', state replicated and donated.
-  Only the train step augments (with `augment_fn`, if given); the eval step never does."""
+  Only the train step augments (with `augment_fn`, if given); the eval step (variables, images) never does."""
   data, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
   step = functools.partial(train_step, loss_fn=loss_fn, augment_fn=augment_fn, augment_seed=augment_seed)
   train = jax.jit(step, in_shardings=(replicated, data),
                   out_shardings=(replicated, replicated), donate_argnums=0)
-  evaluate = jax.jit(eval_step, in_shardings=(replicated, data), out_shardings=replicated)
+  evaluate = jax.jit(functools.partial(model_context.predict_step, model=model), in_shardings=(replicated, data),
+                     out_shardings=replicated)
   return train, evaluate
 
 
-def shard_map_steps(mesh, loss_fn, *, augment_fn=None, augment_seed=0):
+def shard_map_steps(mesh, loss_fn, model, *, augment_fn=None, augment_seed=0):
   """The (train_step, eval_step) of parallel.mode='shard_map': explicit per-device programs.
 
   Each device runs `train_step` on its shard of the batch with the replicated state. The gradients are
   averaged with `jax.lax.pmean` over 'data' just before the optimiser sees them (by wrapping the state's
   optimiser for the duration of the step, so `train_step` itself is shared with the jit mode), the
   metrics are pmean'd too, and BatchNorm averages its statistics over 'data' (the model is built with
-  `bn_axis_name='data'`, see `create_model`). Every shard holds batch_size / devices images, so the mean
-  of per-device means is the global mean and the step equals the jit mode's up to float rounding.
-  `check_vma=False` gives pmap's semantics: gradients of the replicated parameters are per-device until
-  the explicit pmean. The state stays replicated and is donated; eval gathers the probabilities.
-  Augmentation (train step only) keys each image by its stream position as in the jit mode (a batch
-  without positions folds the device's index into the step's key, so shards draw apart).
+  `bn_axis_name='data'`, see `model_context.create_model`). Every shard holds batch_size / devices images,
+  so the mean of per-device means is the global mean and the step equals the jit mode's up to float
+  rounding. `check_vma=False` gives pmap's semantics: gradients of the replicated parameters are
+  per-device until the explicit pmean. The state stays replicated and is donated; eval gathers the
+  probabilities. Augmentation (train step only) keys each image by its stream position as in the jit
+  mode (a batch without positions folds the device's index into the step's key, so shards draw apart).
   """
   data, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
 
@@ -252,8 +209,8 @@ def shard_map_steps(mesh, loss_fn, *, augment_fn=None, augment_seed=0):
     metrics["grad_norm"] = synced["grad_norm"]
     return state.replace(tx=tx), metrics
 
-  def per_device_eval(state, batch):
-    return jax.lax.all_gather(eval_step(state, batch), "data", tiled=True)
+  def per_device_eval(variables, images):
+    return jax.lax.all_gather(model_context.predict_step(variables, images, model=model), "data", tiled=True)
 
   shard = functools.partial(jax.shard_map, mesh=mesh, in_specs=(P(), P("data")), check_vma=False)
   train = jax.jit(shard(per_device_train, out_specs=(P(), P())), in_shardings=(replicated, data),
@@ -266,38 +223,32 @@ def shard_map_steps(mesh, loss_fn, *, augment_fn=None, augment_seed=0):
 PARALLEL_MODES = {"jit": jit_steps, "shard_map": shard_map_steps}
 
 
-def parallel_mode(config):
-  """config.parallel.mode, checked; 'jit' for configs saved before the field existed."""
-  mode = config.parallel.mode if "parallel" in config else "jit"
-  if mode not in PARALLEL_MODES:
-    raise ValueError(f"parallel.mode must be one of {sorted(PARALLEL_MODES)}, got {mode!r}.")
-  return mode
+def variables_of(state):
+  """The model variables {'params', 'batch_stats'} of a train state."""
+  return {"params": state.params, "batch_stats": state.batch_stats}
 
 
 class Trainer:
-  """Holds what the loop needs: mesh, shardings, jitted steps, data and checkpoints."""
+  """Holds what the loop needs: a model context (mesh, model, prediction), optimiser, steps, checkpoints."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, splits=None, devices=None):
-    self.config, self.workdir = config, workdir
+  def __init__(self, config: ml_collections.ConfigDict, *, num_pos, num_total: int, workdir=None, splits=None,
+               devices=None):
+    """`num_pos` (14,) and `num_total`: the training split's positives per class and images (the loss
+    weights and the head's prior bias come from them); `workdir` and `splits` go to the model context."""
+    self.config = config
     t = config.train
-    self.mesh = make_mesh(devices)
-    n = self.mesh.size
-    self.data_sharding = NamedSharding(self.mesh, P("data"))
-    self.replicated = NamedSharding(self.mesh, P())
-    for name, b in (("train.batch_size", t.batch_size), ("train.eval_batch_size", self.eval_batch_size)):
+    n = len(jax.devices() if devices is None else devices)
+    for name, b in (("train.batch_size", t.batch_size), ("train.eval_batch_size", t.eval_batch_size or t.batch_size)):
       if b % n:
-        raise ValueError(f"{name}={b} does not divide by the {n} devices; use a multiple of {n}.")
+        raise errors.ConfigError(f"{name}={b} does not divide by the {n} devices; use a multiple of {n}.")
+    self.num_pos = np.asarray(num_pos, np.int64)
+    self.prevalence = self.num_pos / max(num_total, 1)
 
-    # Data.
-    self.splits = datasets.load_splits(config) if splits is None else splits
-    train_labels = self.splits["train"].meta.labels
-    self.num_pos = train_labels.sum(0).astype(np.int64)
-    self.prevalence = self.num_pos / max(len(train_labels), 1)
-    self.target = nih.CLASSES.index(config.data.target)
-
-    # Model, loss, optimiser, replicated state.
-    self.model = create_model(config, prevalence=self.prevalence)
-    loss_fn = losses.get_loss_fn(config.loss, num_pos=self.num_pos, num_total=len(train_labels))
+    # Model (with its mesh and prediction), loss, optimiser, replicated state.
+    self.ctx = model_context.ModelContext(config, workdir, devices=devices, prevalence=self.prevalence,
+                                          splits=splits)
+    self.mesh, self.replicated, self.model = self.ctx.mesh, self.ctx.replicated, self.ctx.model
+    loss_fn = losses.get_loss_fn(config.loss, num_pos=self.num_pos, num_total=num_total)
     _, self.schedule = create_optimizer(config)
     init = jax.jit(functools.partial(create_train_state, config, self.model, image_size=config.data.image_size),
                    out_shardings=self.replicated)
@@ -308,24 +259,12 @@ class Trainer:
 
     # The two jitted steps, each compiled once.
     self.augment_fn = augment.make_augment_fn(config)
-    self.train_step, self.eval_step = PARALLEL_MODES[parallel_mode(config)](
-        self.mesh, loss_fn, augment_fn=self.augment_fn, augment_seed=config.seed)
+    self.train_step, self.eval_step = PARALLEL_MODES[model_context.parallel_mode(config)](
+        self.mesh, loss_fn, self.model, augment_fn=self.augment_fn, augment_seed=config.seed)
     # Reduce-on-plateau bookkeeping (train.schedule='plateau'), fed each validation loss.
     self.observe_validation_loss = jax.jit(functools.partial(observe_validation_loss, config),
                                            out_shardings=self.replicated, donate_argnums=0)
     self.learning_rate_scale = jax.jit(learning_rate_scale)
-
-    # Checkpoints: the latest few plus the best by the target class's validation AUPRC.
-    self.ckpt = ocp.CheckpointManager(
-        os.path.join(workdir, "checkpoints"),
-        options=ocp.CheckpointManagerOptions(
-            best_fn=lambda m: m["val_target_auprc"], best_mode="max",
-            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy([
-                ocp.checkpoint_managers.LatestN(n=t.keep_checkpoints),
-                ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m["val_target_auprc"], reverse=False, n=1,
-                                              keep_checkpoints_without_metrics=False),
-            ]),
-            create=True))
 
   def _import_pretrained(self, path):
     """Loads ImageNet trunk weights into the fresh state; the head and the optimiser state stay fresh."""
@@ -334,33 +273,20 @@ class Trainer:
       raise nih.DataError(f"model.init_from: {path} not found. Give a local .safetensors file of ImageNet "
                           "weights (see README, 'Starting from ImageNet weights').")
     params, batch_stats = weights.import_pretrained(
-        path, model_name=self.config.model.name, params=to_host(self.state.params),
-        batch_stats=to_host(self.state.batch_stats))
+        path, model_name=self.config.model.name, params=model_context.to_host(self.state.params),
+        batch_stats=model_context.to_host(self.state.batch_stats))
     logging.info("model.init_from: the %s trunk (parameters and BatchNorm statistics) comes from %s; the "
                  "head and the optimiser state start fresh.", self.config.model.name, path)
     # Adam's moments are zeros of the parameters' shapes, so the fresh optimiser state still fits.
     return jax.device_put(self.state.replace(params=params, batch_stats=batch_stats), self.replicated)
 
-  @property
-  def eval_batch_size(self):
-    return self.config.train.eval_batch_size or self.config.train.batch_size
-
-  def global_batch(self, local):
-    """Assembles this process's numpy batch into a global array sharded over 'data'."""
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.data_sharding, x), local)
-
   def predict(self, state, split):
-    """Probabilities (N, 14) for every image of `split`, in its order."""
-    out = []
-    for local, valid in pipeline.eval_batches(split, global_batch=self.eval_batch_size,
-                                              process_index=jax.process_index(),
-                                              process_count=jax.process_count()):
-      out.append((self.eval_step(state, self.global_batch(local)), valid))
-    return np.concatenate([to_host(p)[:v] for p, v in out]) if out else np.zeros((0, len(nih.CLASSES)))
+    """Probabilities (N, 14) for every image of `split`, in its order (the parallel mode's eval step)."""
+    return self.ctx.predict_split(variables_of(state), split, step_fn=self.eval_step)
 
   def validate(self, state):
     """Validation metrics at threshold-free level (AUROC/AUPRC) for logging and checkpoint ranking."""
-    split = self.splits["val"]
+    split = self.ctx.splits["val"]
     probs = self.predict(state, split)
     labels = split.meta.labels
     res = metrics_lib.evaluate_scores(labels=labels, scores=probs, classes=nih.CLASSES,
@@ -369,67 +295,66 @@ class Trainer:
     auprc = tgt["auprc"] if tgt["auprc"] is not None else res["macro"]["auprc"]
     p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
     val_loss = -np.mean(labels * np.log(p) + (1 - labels) * np.log1p(-p))  # Plain BCE, every class.
-    return {"val_target_auprc": auprc, "val_target_auroc": tgt["auroc"],
+    return {runfolder.BEST_METRIC: auprc, "val_target_auroc": tgt["auroc"],
             "val_macro_auroc": res["macro"]["auroc"], "val_macro_auprc": res["macro"]["auprc"],
             "val_loss": float(val_loss)}
 
   def checkpoint_args(self, state, data_iter):
     return ocp.args.Composite(state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter))
 
-  def restore(self, step, data_iter=None):
-    """The train state (and the data iterator's position) saved at `step`."""
+  def restore(self, manager, step, data_iter=None):
+    """The train state (and the data iterator's position) saved at `step` in `manager`."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self.state)
     items = {"state": ocp.args.StandardRestore(abstract)}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-    return self.ckpt.restore(step, args=ocp.args.Composite(**items))["state"]
+    return manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
 
-def _wait_for_all(name, *, timeout_s):
-  """A barrier over processes through the coordination service (not a device collective, whose transport
-  times out within a minute while process 0 may spend many minutes preparing data)."""
-  if jax.process_count() > 1:
-    from jax._src import distributed  # pylint: disable=g-import-not-at-top
-    distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
-
-
-def _log_start(config, workdir):
+def _log_start(config):
   logging.info("JAX %s on %s: %d process(es), %d device(s) in all, %d local: %s", jax.__version__,
                jax.default_backend(), jax.process_count(), jax.device_count(), jax.local_device_count(),
                jax.local_devices())
   logging.info("Config:\n%s", config)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (resuming from the latest checkpoint in `workdir` if any), then writes the test report."""
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  run_smote = "smote" in config and config.smote.method != "none"
-  if run_smote:  # A bad smote block fails before training, not after it.
-    from jaxcxr import smote  # pylint: disable=g-import-not-at-top  (smote imports this module)
-    smote.check_config(config, check_augment=True)
-  # Data first, so that missing data fails before anything else. Process 0 generates or prepares it
-  # once; the others wait for it, then read.
+def load_data(config):
+  """The splits of `config.data`: process 0 generates or prepares them once, the others wait, then read."""
   if jax.process_index() == 0:
     splits = datasets.load_splits(config)
-  _wait_for_all("jaxcxr_data_ready", timeout_s=4 * 3600)
+  runfolder.wait_for_all("jaxcxr_data_ready", timeout_s=4 * 3600)
   if jax.process_index() != 0:
     splits = datasets.load_splits(config)
+  return splits
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, splits=None) -> model_context.ModelContext:
+  """Trains (resuming from the latest checkpoint in `workdir` if any); returns the run's model context.
+
+  The context holds the mesh, the model, the loaded splits and the run's checkpoints, so the stages that
+  follow (the test report, embeddings, heads) restore and predict without loading anything again.
+  """
+  workdir = runfolder.path(workdir)
+  # Data first, so that missing data fails before anything else.
+  splits = load_data(config) if splits is None else splits
   os.makedirs(workdir, exist_ok=True)
-  _log_start(config, workdir)
+  _log_start(config)
+  runfolder.write_config(config, workdir)
   t = config.train
-  trainer = Trainer(config, workdir, splits=splits)
-  data_iter = pipeline.train_iterator(trainer.splits["train"], global_batch=t.batch_size, seed=config.seed,
+  train_labels = splits["train"].meta.labels
+  trainer = Trainer(config, num_pos=train_labels.sum(0), num_total=len(train_labels), workdir=workdir,
+                    splits=splits)
+  # Checkpoints: the latest few plus the best by the target class's validation AUPRC.
+  ckpt = runfolder.checkpoint_manager(workdir, keep=t.keep_checkpoints, create=True)
+  data_iter = pipeline.train_iterator(splits["train"], global_batch=t.batch_size, seed=config.seed,
                                       process_index=jax.process_index(), process_count=jax.process_count(),
                                       num_workers=config.data.num_workers,
                                       sampling=config.data.get("sampling"), target=config.data.target)
   state = trainer.state
-  start = trainer.ckpt.latest_step() or 0
+  start = ckpt.latest_step() or 0
   if start:
-    logging.info("Resuming from the checkpoint at step %d in %s.", start, trainer.ckpt.directory)
-    state = trainer.restore(start, data_iter)
+    logging.info("Resuming from the checkpoint at step %d in %s.", start, ckpt.directory)
+    state = trainer.restore(ckpt, start, data_iter)
   writer = writers.MetricWriter(workdir, resume_step=start)
   is_main = jax.process_index() == 0
   bar = tqdm.tqdm(total=t.num_steps, initial=start, desc="train", unit="step", disable=not is_main,
@@ -440,16 +365,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Fetches pending metrics, stops on a non-finite loss, logs means."""
     if not pending:
       return
-    fetched = to_host([m for _, m in pending])
-    lr_scale = float(to_host(trainer.learning_rate_scale(state)))
+    fetched = model_context.to_host([m for _, m in pending])
+    lr_scale = float(model_context.to_host(trainer.learning_rate_scale(state)))
     losses_ = np.asarray([m["loss"] for m in fetched])
     bad = np.flatnonzero(~np.isfinite(losses_))
     if bad.size:
       bad_step = pending[bad[0]][0]
-      trainer.ckpt.wait_until_finished()
+      ckpt.wait_until_finished()
       raise NonFiniteLossError(
           f"The loss is {losses_[bad[0]]} at step {bad_step}; training stopped. The last good checkpoint "
-          f"(step {trainer.ckpt.latest_step()}) in {trainer.ckpt.directory} is intact. Try a lower "
+          f"(step {ckpt.latest_step()}) in {ckpt.directory} is intact. Try a lower "
           f"train.learning_rate or a smaller loss.pos_weight_max.")
     scalars = {"train_loss": float(losses_.mean()),
                "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
@@ -459,66 +384,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.write(step, scalars)
     bar.set_postfix(loss=f"{scalars['train_loss']:.4f}")
 
-  # One batch ahead on the device: batch k + 1 is read and sent while step k runs. On steps that save the
-  # data iterator's position it is read after the save, so a resumed run sees the same batches.
-  batch = trainer.global_batch(next(data_iter)) if start < t.num_steps else None
-  for step in range(start + 1, t.num_steps + 1):
-    state, step_metrics = trainer.train_step(state, batch)
-    pending.append((step, step_metrics))
-    last = step == t.num_steps
-    saves = last or step % t.eval_every == 0 or step % t.checkpoint_every == 0
-    if not saves:
-      batch = trainer.global_batch(next(data_iter))
-    if step % t.log_every == 0 or last:
-      flush(step)
-    ckpt_metrics = None
-    if step % t.eval_every == 0 or last:
-      flush(step)
-      ckpt_metrics = trainer.validate(state)
-      if t.schedule == "plateau":
-        state = trainer.observe_validation_loss(state, ckpt_metrics["val_loss"])
-      writer.write(step, ckpt_metrics)
-      logging.info("step %d: %s", step, ckpt_metrics)
-    if ckpt_metrics is not None or step % t.checkpoint_every == 0:
-      flush(step)
-      trainer.ckpt.save(step, args=trainer.checkpoint_args(state, data_iter), metrics=ckpt_metrics)
-    if saves and not last:
-      batch = trainer.global_batch(next(data_iter))
+  try:
+    # One batch ahead on the device: batch k + 1 is read and sent while step k runs. On steps that save the
+    # data iterator's position it is read after the save, so a resumed run sees the same batches.
+    batch = trainer.ctx.global_batch(next(data_iter)) if start < t.num_steps else None
+    for step in range(start + 1, t.num_steps + 1):
+      state, step_metrics = trainer.train_step(state, batch)
+      pending.append((step, step_metrics))
+      last = step == t.num_steps
+      saves = last or step % t.eval_every == 0 or step % t.checkpoint_every == 0
+      if not saves:
+        batch = trainer.ctx.global_batch(next(data_iter))
+      if step % t.log_every == 0 or last:
+        flush(step)
+      ckpt_metrics = None
+      if step % t.eval_every == 0 or last:
+        flush(step)
+        ckpt_metrics = trainer.validate(state)
+        if t.schedule == "plateau":
+          state = trainer.observe_validation_loss(state, ckpt_metrics["val_loss"])
+        writer.write(step, ckpt_metrics)
+        logging.info("step %d: %s", step, ckpt_metrics)
+      if ckpt_metrics is not None or step % t.checkpoint_every == 0:
+        flush(step)
+        ckpt.save(step, args=trainer.checkpoint_args(state, data_iter), metrics=ckpt_metrics)
+      if saves and not last:
+        batch = trainer.ctx.global_batch(next(data_iter))
+  finally:  # Every pending save is complete before any exit, an error's too.
+    ckpt.wait_until_finished()
   bar.close()
-  trainer.ckpt.wait_until_finished()
+  ckpt.wait_until_finished()
   if hasattr(data_iter, "close"):  # Stops Grain's workers and frees their read-ahead now, not at exit.
     data_iter.close()
   writer.close()
-  report = write_test_report(trainer)
-  if run_smote:  # Feature-space SMOTE on the best checkpoint's embeddings: WORKDIR/embeddings, WORKDIR/smote.
-    from jaxcxr import embeddings  # pylint: disable=g-import-not-at-top
-    embedded, meta = embeddings.export(config, workdir, checkpoint=config.smote.checkpoint, trainer=trainer)
-    report = smote.run(config, workdir, embeddings=embedded, meta=meta, trainer=trainer)
-  return report
-
-
-def write_test_report(trainer: Trainer) -> dict:
-  """Evaluates the best checkpoint on test with thresholds chosen on validation; writes WORKDIR/report."""
-  config = trainer.config
-  best = trainer.ckpt.best_step()
-  if best is None:
-    raise RuntimeError(f"No checkpoint in {trainer.ckpt.directory} to report on.")
-  state = trainer.restore(best)
-  val, test = trainer.splits["val"], trainer.splits["test"]
-  thresholds = metrics_lib.select_thresholds(labels=val.meta.labels, scores=trainer.predict(state, val),
-                                             rule=config.train.threshold_rule,
-                                             target_recall=config.train.target_recall)
-  scores = trainer.predict(state, test)
-  result = metrics_lib.evaluate_scores(labels=test.meta.labels, scores=scores, classes=nih.CLASSES,
-                                       thresholds=thresholds)
-  report = {"split": f"{config.data.split}/test", "checkpoint_step": int(best), "target": config.data.target,
-            "arm": config.arm, "threshold_rule": config.train.threshold_rule,
-            "num_images": len(test), **result}
-  if jax.process_index() == 0:
-    out_dir = os.path.join(trainer.workdir, "report")
-    metrics_lib.write_report(report, out_dir, labels=test.meta.labels, scores=scores, classes=nih.CLASSES,
-                             highlight=config.data.target)
-    print(f"\nTest report ({report['split']}, checkpoint step {best}, thresholds by "
-          f"{config.train.threshold_rule} on validation) -> {out_dir}")
-    print(metrics_lib.format_table(report))
-  return report
+  ckpt.close()
+  return trainer.ctx

@@ -9,7 +9,7 @@ from jaxcxr import train
 from jaxcxr.data import augment
 from jaxcxr.data import datasets
 from jaxcxr.data import nih
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 HERNIA = nih.CLASSES.index("Hernia")
 B, S = 256, 32

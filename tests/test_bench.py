@@ -16,7 +16,7 @@ import numpy as np
 from jaxcxr import bench
 from jaxcxr import cli
 from jaxcxr.data import datasets
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

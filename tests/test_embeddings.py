@@ -9,7 +9,7 @@ import pytest
 
 from jaxcxr import embeddings as emb_lib
 from jaxcxr import train
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 def _stand_in_augment(key, images, labels):

@@ -10,7 +10,7 @@ import pytest
 from jaxcxr import evaluate
 from jaxcxr import train
 from jaxcxr.data import nih
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from jaxcxr.data import nih
-from tests.conftest import tiny_overrides
+from tests.helpers import tiny_overrides
 
 
 def test_json_smoke(tiny_data_dir, tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 
 from configs import demo
 from jaxcxr import train
-from tests.conftest import tiny_config, tiny_overrides
+from tests.helpers import tiny_config, tiny_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = dict(num_steps=4, eval_every=4, checkpoint_every=4)

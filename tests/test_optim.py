@@ -10,7 +10,7 @@ import pytest
 from configs import chexnet
 from configs import demo
 from jaxcxr import train
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 def _state(config):

@@ -12,7 +12,7 @@ import pytest
 
 from jaxcxr.data import datasets
 from jaxcxr.data import nih
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32

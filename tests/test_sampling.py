@@ -10,7 +10,7 @@ from jaxcxr.data import datasets
 from jaxcxr.data import nih
 from jaxcxr.data import pipeline
 from jaxcxr.data import sampling
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 HERNIA = nih.CLASSES.index("Hernia")
 

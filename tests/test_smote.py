@@ -13,7 +13,7 @@ from jaxcxr import evaluate
 from jaxcxr import smote
 from jaxcxr import train
 from jaxcxr.data import nih
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 CLASSES = ("a", "b", "c")
 

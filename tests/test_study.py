@@ -17,7 +17,7 @@ from jaxcxr import metrics
 from jaxcxr import study
 from jaxcxr.data import datasets
 from jaxcxr.data import nih
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,20 +8,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxcxr import experiment
 from jaxcxr import losses
+from jaxcxr import model_context
 from jaxcxr import train
 from jaxcxr.data import nih
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
-def _params(workdir, config, step):
-  trainer = train.Trainer(config, workdir)
-  return jax.device_get(trainer.restore(step).params)
+def _params(workdir, step):
+  return jax.device_get(model_context.ModelContext.from_workdir(workdir).restore_step(step)["params"])
 
 
 def test_end_to_end_report(tiny_data_dir, tmp_path):
   config = tiny_config(tiny_data_dir)
-  report = train.train_and_evaluate(config, str(tmp_path))
+  report = experiment.run(config, str(tmp_path))
   with open(tmp_path / "report" / "report.json") as f:
     saved = json.load(f)
   assert saved["split"] == "official/test" and saved["checkpoint_step"] in (4, 8)
@@ -44,15 +45,15 @@ def test_sharded_step_equals_single_device():
   from configs import demo  # pylint: disable=g-import-not-at-top
   config = demo.get_config("baseline")
   config.model.name = "resnet_tiny"
-  model = train.create_model(config, prevalence=np.full(14, 0.05))
+  model = model_context.create_model(config, prevalence=np.full(14, 0.05))
   loss_fn = losses.get_loss_fn(config.loss, num_pos=np.ones(14), num_total=10)
   rng = np.random.default_rng(0)
   batches = [{"image": rng.integers(0, 256, (16, 32, 32, 1), dtype=np.uint8),
               "labels": (rng.random((16, 14)) < 0.2).astype(np.float32)} for _ in range(3)]
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
-    mesh = train.make_mesh(devices)
-    step, _ = train.jit_steps(mesh, loss_fn)
+    mesh = model_context.make_mesh(devices)
+    step, _ = train.jit_steps(mesh, loss_fn, model)
     state = jax.device_put(train.create_train_state(config, model, jax.random.key(0, impl="rbg"), 32),
                            jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     for b in batches:
@@ -70,63 +71,49 @@ class _Crash(Exception):
 
 def test_resumed_run_equals_uninterrupted(tiny_data_dir, tmp_path, monkeypatch):
   config = tiny_config(tiny_data_dir)
-  full = train.train_and_evaluate(config, str(tmp_path / "full"))
+  full = experiment.run(config, str(tmp_path / "full"))
 
-  # Crash inside step 6 (after the step-4 checkpoint is saved), then rerun the same command.
-  original = train.Trainer.global_batch
+  # Crash inside step 6 (after the step-4 checkpoint is saved), then rerun the same command. Every batch,
+  # training or validation, goes to the devices through ModelContext.global_batch.
+  original = model_context.ModelContext.global_batch
   calls = {"n": 0}
 
   def crashing(self, local):
     calls["n"] += 1
     if calls["n"] == 6:
-      self.ckpt.wait_until_finished()
       raise _Crash()
     return original(self, local)
 
-  monkeypatch.setattr(train.Trainer, "global_batch", crashing)
+  monkeypatch.setattr(model_context.ModelContext, "global_batch", crashing)
   with pytest.raises(_Crash):
-    train.train_and_evaluate(config, str(tmp_path / "resumed"))
-  monkeypatch.setattr(train.Trainer, "global_batch", original)
+    experiment.run(config, str(tmp_path / "resumed"))
+  monkeypatch.setattr(model_context.ModelContext, "global_batch", original)
+  # The crash waited for the pending save: both checkpoints are complete.
   assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["2", "4"]
-  resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  resumed = experiment.run(config, str(tmp_path / "resumed"))
 
   assert resumed == full
-  for a, b in zip(jax.tree.leaves(_params(str(tmp_path / "full"), config, 8)),
-                  jax.tree.leaves(_params(str(tmp_path / "resumed"), config, 8))):
+  for a, b in zip(jax.tree.leaves(_params(str(tmp_path / "full"), 8)),
+                  jax.tree.leaves(_params(str(tmp_path / "resumed"), 8))):
     np.testing.assert_array_equal(a, b)
   steps = [json.loads(l)["step"] for l in open(tmp_path / "resumed" / "metrics.jsonl")]
   assert steps == [json.loads(l)["step"] for l in open(tmp_path / "full" / "metrics.jsonl")]
 
 
 def test_non_finite_loss_names_step_and_keeps_last_checkpoint(tiny_data_dir, tmp_path, monkeypatch):
-  config = tiny_config(tiny_data_dir, num_steps=8, eval_every=100)
   workdir = str(tmp_path)
   real = losses.get_loss_fn
 
   def poisoned(config_loss, **kw):
     fn = real(config_loss, **kw)
-    return lambda logits, labels: fn(logits, labels) * jnp.where(jnp.any(labels < 0), 1.0, jnp.nan)
+    return lambda logits, labels: fn(logits, labels) * jnp.nan
 
-  # First 4 good steps (checkpoints at 2 and 4), then a loss that is NaN from step 5 on.
-  config4 = tiny_config(tiny_data_dir, num_steps=8, eval_every=100)
-  trainer_cls = train.Trainer
-  stop = {"at": 4}
-
-  class StopAfter(trainer_cls):
-    def global_batch(self, local):
-      if self.ckpt.latest_step() == stop["at"]:
-        self.ckpt.wait_until_finished()
-        raise _Crash()
-      return super().global_batch(local)
-
-  monkeypatch.setattr(train, "Trainer", StopAfter)
-  with pytest.raises(_Crash):
-    train.train_and_evaluate(config4, workdir)
-  monkeypatch.setattr(train, "Trainer", trainer_cls)
+  # First 4 good steps (checkpoints at 2 and 4), then the run extended to 8 steps with a loss that is NaN.
+  train.train(tiny_config(tiny_data_dir, num_steps=4, eval_every=100), workdir)
   monkeypatch.setattr(losses, "get_loss_fn", poisoned)
   with pytest.raises(train.NonFiniteLossError, match=r"at step 5\b.*checkpoint \(step 4\)"):
-    train.train_and_evaluate(config, workdir)
+    train.train(tiny_config(tiny_data_dir, num_steps=8, eval_every=100), workdir)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
   monkeypatch.setattr(losses, "get_loss_fn", real)
-  params = _params(workdir, config, 4)
+  params = _params(workdir, 4)
   assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))

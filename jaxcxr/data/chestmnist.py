@@ -18,8 +18,8 @@ import re
 import numpy as np
 from PIL import Image
 
-from jaxcxr.data import datasets
 from jaxcxr.data import nih
+from jaxcxr.data import split as split_lib
 
 # MedMNIST's ChestMNIST label columns (its INFO['chestmnist']['label'], '0' ... '13').
 MEDMNIST_CLASSES = ("atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia",
@@ -59,7 +59,7 @@ def find_file(directory, size):
 def _resize(images, size):
   if images.shape[1:] == (size, size):
     return images
-  return np.stack([datasets.resize(Image.fromarray(a), size) for a in images])
+  return np.stack([split_lib.resize(Image.fromarray(a), size) for a in images])
 
 
 def read(path, size):
@@ -94,7 +94,7 @@ def read(path, size):
 
 
 def load_splits(config, directory):
-  """{'train', 'val', 'test'} -> datasets.Split from the ChestMNIST npz in `directory`."""
+  """{'train', 'val', 'test'} -> split.Split from the ChestMNIST npz in `directory`."""
   if config.data.split != "chestmnist":
     raise nih.DataError(f"data.source='chestmnist' uses the file's own splits, which have no patient ids; set "
                         f"--config.data.split=chestmnist (not {config.data.split!r}) so that reports say so.")
@@ -108,6 +108,6 @@ def load_splits(config, directory):
     ids = np.arange(start, start + n)
     meta = nih.Metadata(np.asarray([f"chestmnist/{split}/{i - start:06d}" for i in ids]), ids.astype(np.int64),
                         parts[split][1])
-    out[split] = datasets.Split(split, meta, images, ids.astype(np.int64))
+    out[split] = split_lib.Split(split, meta, images, ids.astype(np.int64))
     start += n
   return out

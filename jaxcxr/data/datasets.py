@@ -24,7 +24,9 @@ import numpy as np
 from PIL import Image
 import tqdm
 
+from jaxcxr.data import chestmnist
 from jaxcxr.data import nih
+from jaxcxr.data import split as split_lib
 
 NIH_DOWNLOAD = """\
 Download NIH ChestX-ray14 (about 45 GB) from https://nihcc.app.box.com/v/ChestXray-NIHCC (or Kaggle's
@@ -39,24 +41,10 @@ INDEX = "index.json"  # The completion marker, written last.
 # Bumped whenever decoding changes, so that older prepared folders are not reused.
 DECODER_VERSION = 3
 # How images reach the training resolution; recorded in the report and in the TFDS dataset's metadata.
-RESIZE_METHOD = ("area averaging by the largest whole factor (PIL Image.reduce), then PIL bilinear with "
-                 "antialiasing for the remaining factor below 2 (Image.resize, BILINEAR, reducing_gap=1.0), "
-                 "square")
+RESIZE_METHOD = split_lib.RESIZE_METHOD
 # Why an image is left out, in report order.
 REASONS = ("missing", "empty", "truncated", "corrupt")
 CHUNK_SIZE = 256  # Images per unit of work; a killed preparation loses at most one chunk per worker.
-
-
-@dataclasses.dataclass
-class Split:
-  """One split: metadata rows and, for row i, the image `images[rows[i]]` ((S, S) uint8)."""
-  name: str
-  meta: nih.Metadata
-  images: np.ndarray  # (M, S, S) uint8, memory-mapped, shared by all splits.
-  rows: np.ndarray  # (N,) int64 into `images`.
-
-  def __len__(self):
-    return len(self.meta)
 
 
 @dataclasses.dataclass
@@ -117,17 +105,6 @@ def to_grey(im):
   return np.asarray(rgb.convert("L"), np.uint8)
 
 
-def resize(im, size):
-  """A PIL image resized to (size, size) as RESIZE_METHOD says, as a numpy array.
-
-  1024 -> 256 px is a plain 4x4 box average (0.5 ms; a full bilinear filter over the 1024 px image costs
-  3 ms, a third of the PNG decode); 1024 -> 224 averages 4x4 boxes, then filters 256 -> 224 bilinearly.
-  """
-  if im.size == (size, size):
-    return np.asarray(im)
-  return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=1.0))
-
-
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -165,11 +142,11 @@ def decode(path, size):
       return None, ("empty", "zero-byte file")
     a = _decode_grey8_png(data)
     if a is not None:
-      return resize(Image.fromarray(a), size), None
+      return split_lib.resize(Image.fromarray(a), size), None
     with Image.open(path) as im:
       im.load()
       if im.mode == "L":
-        return resize(im, size), None
+        return split_lib.resize(im, size), None
       a = to_grey(im)
   except FileNotFoundError:
     return None, ("missing", "file vanished during preparation")
@@ -180,7 +157,7 @@ def decode(path, size):
     return None, (reason, text)
   if a.ndim != 2 or min(a.shape) == 0:
     return None, ("corrupt", f"unexpected pixel array shape {a.shape}")
-  return resize(Image.fromarray(a), size), None
+  return split_lib.resize(Image.fromarray(a), size), None
 
 
 def _decode_chunk(job):
@@ -383,20 +360,30 @@ def prepare_config(config, *, num_workers=0, progress=True, log_summary=True):
   return prepared, splits
 
 
-def load_splits(config):
-  """Returns {'train', 'val', 'test'} -> Split for `config.data`, preparing images on first use."""
-  if config.data.target not in nih.CLASSES:
-    raise nih.DataError(f"data.target {config.data.target!r} is not one of {', '.join(nih.CLASSES)}.")
-  if config.data.source == "chestmnist":
-    from jaxcxr.data import chestmnist  # pylint: disable=g-import-not-at-top
-    return chestmnist.load_splits(config, data_dir(config))
-  if config.data.source not in ("phantom", "nih"):
-    raise nih.DataError(f"Unknown data.source {config.data.source!r}; choose 'phantom', 'nih' or 'chestmnist'.")
+def _prepared_splits(config):
+  """{'train', 'val', 'test'} -> Split of the phantom or NIH source, preparing images on first use."""
   prepared, splits = prepare_config(config)
   where = {n: r for n, r in zip(prepared.meta.names, prepared.rows)}
   out = {}
   for name, m in splits.items():
     rows = np.asarray([where.get(n, -1) for n in m.names], np.int64)
     present = rows >= 0
-    out[name] = Split(name, m.subset(present), prepared.images, rows[present])
+    out[name] = split_lib.Split(name, m.subset(present), prepared.images, rows[present])
   return out
+
+
+# data.source -> a function of the config returning {'train', 'val', 'test'} -> Split.
+SOURCES = {
+    "phantom": _prepared_splits,
+    "nih": _prepared_splits,
+    "chestmnist": lambda config: chestmnist.load_splits(config, data_dir(config)),
+}
+
+
+def load_splits(config):
+  """Returns {'train', 'val', 'test'} -> Split for `config.data`, from the source it names."""
+  if config.data.target not in nih.CLASSES:
+    raise nih.DataError(f"data.target {config.data.target!r} is not one of {', '.join(nih.CLASSES)}.")
+  if config.data.source not in SOURCES:
+    raise nih.DataError(f"Unknown data.source {config.data.source!r}; choose one of {', '.join(SOURCES)}.")
+  return SOURCES[config.data.source](config)

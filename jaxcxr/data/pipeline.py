@@ -11,8 +11,8 @@ import sys
 import grain
 import numpy as np
 
-from jaxcxr.data import datasets
 from jaxcxr.data import sampling as sampling_lib
+from jaxcxr.data import split as split_lib
 
 
 # Batches are read ahead by background threads while the device trains. Grain's default (16 threads, 500
@@ -52,7 +52,7 @@ class BatchSource(grain.sources.RandomAccessDataSource):
   cost ~0.25 ms each, more than the copy itself).
   """
 
-  def __init__(self, split: datasets.Split, epochs: _Epochs, *, batch_size, process_index=0, process_count=1,
+  def __init__(self, split: split_lib.Split, epochs: _Epochs, *, batch_size, process_index=0, process_count=1,
                with_index=False):
     self._images, self._rows = split.images, split.rows
     self._labels = split.meta.labels.astype(np.float32)

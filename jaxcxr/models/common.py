@@ -37,17 +37,19 @@ def stem(x, *, features, conv, norm, dtype):
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
-def pool_and_head(x, *, num_classes, head_bias_init, features):
-  """Global average pool to float32 features; unless `features`, the linear head on them.
+def pool_and_head(x, *, num_classes, head_bias_init):
+  """(logits, aux): the linear head on the globally average-pooled float32 features, and
+  aux = {'pre_logits': those pooled features (B, C), 'feature_map': the last stage's map (B, h, w, C)}.
 
-  `head_bias_init` (num_classes,) sets the initial bias, e.g. log prior odds so rare classes start
-  calibrated; None starts at zero.
+  As big_vision's models do, one call gives both: stages that need the features (embedding export,
+  heatmaps) use aux, the step uses the logits. `head_bias_init` (num_classes,) sets the initial bias,
+  e.g. log prior odds so rare classes start calibrated; None starts at zero.
   """
-  x = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
-  if features:
-    return x
+  feature_map = x
+  pre_logits = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
   bias_init = nn.initializers.zeros_init()
   if head_bias_init is not None:
     bias = jnp.asarray(head_bias_init, jnp.float32)
     bias_init = lambda *_: bias
-  return nn.Dense(num_classes, bias_init=bias_init, name="head")(x)
+  logits = nn.Dense(num_classes, bias_init=bias_init, name="head")(pre_logits)
+  return logits, {"pre_logits": pre_logits, "feature_map": feature_map}

@@ -93,7 +93,7 @@ class DenseNet(nn.Module):
   bn_axis_name: Any = None
 
   @nn.compact
-  def __call__(self, x, *, train: bool, features: bool = False):
+  def __call__(self, x, *, train: bool):
     conv, norm = common.layers(dtype=self.dtype, train=train, bn_axis_name=self.bn_axis_name)
     x = common.stem(x, features=self.num_init_features, conv=conv, norm=norm, dtype=self.dtype)
     channels = self.num_init_features
@@ -105,8 +105,7 @@ class DenseNet(nn.Module):
         channels //= 2
         x = Transition(channels, conv=conv, norm=norm, name=f"transition{i + 1}")(x)
     x = nn.relu(norm(name="norm_final")(x))
-    return common.pool_and_head(x, num_classes=self.num_classes, head_bias_init=self.head_bias_init,
-                                features=features)
+    return common.pool_and_head(x, num_classes=self.num_classes, head_bias_init=self.head_bias_init)
 
 
 DenseNet121 = functools.partial(DenseNet, block_config=(6, 12, 24, 16))

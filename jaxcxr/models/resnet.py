@@ -2,8 +2,8 @@
 
 ResNet-18/34 use basic blocks, ResNet-50/101/152 bottleneck blocks (torchvision's "v1.5": the stride sits
 in the 3x3 convolution). Strided convolutions pad (1, 1) like PyTorch, not Flax's 'SAME' (0, 1) on even
-sizes, so imported torchvision/timm weights give the same features. The stem takes a single grey channel. `__call__(x, train=..., features=True)`
-returns the pooled penultimate features instead of the logits; embedding export uses that.
+sizes, so imported torchvision/timm weights give the same features. The stem takes a single grey channel. `__call__(x, train=...)`
+returns (logits, {'pre_logits', 'feature_map'}) (see common.pool_and_head).
 """
 
 import functools
@@ -78,15 +78,14 @@ class ResNet(nn.Module):
   bn_axis_name: Any = None
 
   @nn.compact
-  def __call__(self, x, *, train: bool, features: bool = False):
+  def __call__(self, x, *, train: bool):
     conv, norm = common.layers(dtype=self.dtype, train=train, bn_axis_name=self.bn_axis_name)
     x = common.stem(x, features=self.num_filters, conv=conv, norm=norm, dtype=self.dtype)
     for i, block_size in enumerate(self.stage_sizes):
       for j in range(block_size):
         strides = 2 if i > 0 and j == 0 else 1
         x = self.block_cls(self.num_filters * 2**i, conv=conv, norm=norm, strides=strides)(x)
-    return common.pool_and_head(x, num_classes=self.num_classes, head_bias_init=self.head_bias_init,
-                                features=features)
+    return common.pool_and_head(x, num_classes=self.num_classes, head_bias_init=self.head_bias_init)
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)

@@ -1,0 +1,29 @@
+"""Shared test helpers: the tiny demo config (imported by tests; fixtures live in conftest.py)."""
+
+from configs import demo
+
+TINY = dict(num_images=400, image_size=32)
+# The demo config shrunk to seconds: tiny model and data, a few steps (dotted field -> value).
+TINY_OVERRIDES = {
+    "data.image_size": TINY["image_size"], "data.phantom.num_images": TINY["num_images"],
+    "data.phantom.hernia_prevalence": 0.05, "model.name": "resnet_tiny", "train.batch_size": 16,
+    "train.eval_batch_size": 64, "train.num_steps": 8, "train.eval_every": 4, "train.checkpoint_every": 2,
+    "train.log_every": 2, "train.warmup_steps": 2,
+}
+
+
+def tiny_overrides(data_dir, **train):
+  """TINY_OVERRIDES for `data_dir`, with train fields replaced by `train`."""
+  return {**TINY_OVERRIDES, "data.dir": data_dir, **{f"train.{k}": v for k, v in train.items()}}
+
+
+def tiny_config(data_dir, arm="weighted", **train):
+  """The demo config (arm `arm`) with tiny_overrides(data_dir, **train) applied."""
+  config = demo.get_config(arm)
+  for field, value in tiny_overrides(data_dir, **train).items():
+    *parents, leaf = field.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
