@@ -7,7 +7,10 @@ Each command runs as its own process. Two figures per command:
   largest process  the kernel's peak RSS of the biggest single process of the command's tree (os.wait4's
                    ru_maxrss: the command and every worker it waited for), exact;
   tree total       the peak of the summed RSS of the command and all its live descendants, sampled every
-                   0.1 s with psutil (so a spike shorter than that can be missed).
+                   0.1 s with psutil (so a spike shorter than that can be missed);
+  tree anon        the same for private anonymous memory only (RssAnon): RSS also counts the pages of files
+                   a process has mapped or written (e.g. the memory-mapped image array), which the kernel
+                   can drop, so growth in RSS but not here is the page cache, not the process's own memory.
 Stages:
   prepare N        `python -m jaxcxr.prepare --config=configs/demo.py` on a phantom set of N images (--sizes),
                    generated first by an unmeasured run of the same command whose prepared folder is then
@@ -43,9 +46,9 @@ def measure_exact(cmd):
   t0 = time.perf_counter()
   proc = subprocess.Popen(full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   root = psutil.Process(proc.pid)
-  tree_peak = 0
+  tree_peak = anon_peak = 0
   while proc.poll() is None:
-    total = 0
+    total = anon = 0
     try:
       members = root.children(recursive=True)  # The wrapper itself is not counted.
     except psutil.Error:
@@ -53,9 +56,10 @@ def measure_exact(cmd):
     for p in members:
       try:
         total += p.memory_info().rss
-      except psutil.Error:
+        anon += _rss_anon(p.pid)
+      except (psutil.Error, OSError):
         pass
-    tree_peak = max(tree_peak, total)
+    tree_peak, anon_peak = max(tree_peak, total), max(anon_peak, anon)
     time.sleep(0.1)
   stderr = proc.stderr.read()
   seconds = time.perf_counter() - t0
@@ -63,7 +67,16 @@ def measure_exact(cmd):
   if not line or line[-1].split()[2] != "0":
     raise RuntimeError(f"{' '.join(cmd)} failed:\n" + "\n".join(stderr.splitlines()[-20:]))
   return {"seconds": seconds, "largest_process_mib": int(line[-1].split()[1]) / 1024,
-          "tree_total_mib": tree_peak / 2**20}
+          "tree_total_mib": tree_peak / 2**20, "tree_anon_mib": anon_peak / 2**20}
+
+
+def _rss_anon(pid):
+  """Bytes of private anonymous memory resident for `pid` (RssAnon in /proc/PID/status)."""
+  with open(f"/proc/{pid}/status") as f:
+    for line in f:
+      if line.startswith("RssAnon:"):
+        return int(line.split()[1]) * 1024
+  return 0
 
 
 def main(argv):
@@ -91,10 +104,10 @@ def main(argv):
   if "evaluate" in FLAGS.stages:
     cmd = [py, "-m", "jaxcxr.evaluate", f"--workdir={workdir}"]
     rows.append(("evaluate (best checkpoint, test split, 1,000 bootstrap samples)", measure_exact(cmd)))
-  print(f"\n{'command':<66} {'largest process':>16} {'tree total':>11} {'wall':>7}")
+  print(f"\n{'command':<66} {'largest process':>16} {'tree total':>11} {'tree anon':>10} {'wall':>7}")
   for name, r in rows:
     print(f"{name:<66} {r['largest_process_mib']:>12.0f} MiB {r['tree_total_mib']:>7.0f} MiB "
-          f"{r['seconds']:>6.0f}s")
+          f"{r['tree_anon_mib']:>6.0f} MiB {r['seconds']:>6.0f}s")
 
 
 if __name__ == "__main__":
