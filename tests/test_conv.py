@@ -1,6 +1,5 @@
 """The patches + matmul convolution equals lax.conv_general_dilated, in values and in gradients."""
 
-import functools
 
 import flax.linen as nn
 import jax
