@@ -1,6 +1,5 @@
 """The patches + matmul convolution equals lax.conv_general_dilated, in values and in gradients."""
 
-
 import flax.linen as nn
 import jax
 from jax import lax
