@@ -24,6 +24,9 @@ setuptools.setup(
         "pillow>=10,<14",
         "imagecodecs>=2024.1.1",  # libpng for the 8-bit grey PNGs of NIH: 1.1-1.2x faster than PIL.
         "matplotlib>=3.8,<4",
+        # DICOM input to `python -m jaxcxr.predict`; its Pillow plugin decodes JPEG Baseline and JPEG 2000,
+        # imagecodecs (above) JPEG Lossless and JPEG-LS, all without network access.
+        "pydicom>=3,<4",
         "tqdm>=4.66,<5",
         "tensorboardX>=2.6,<3",
         "safetensors>=0.4,<1",  # ImageNet weight import, read with numpy (no PyTorch).

@@ -68,7 +68,7 @@ class _HostAugment(grain.transforms.RandomMap):
 
   def random_map(self, element, rng):
     a = self.a
-    minority = element["labels"][self.t] > 0.5
+    minority = a.label_dependent and element["labels"][self.t] > 0.5  # Label-blind unless opted in.
     prob, s = (a.minority_probability, a.minority_strength) if minority else (a.probability, a.strength)
     image = element["image"][..., 0]
     if rng.random() >= prob:

@@ -54,7 +54,8 @@ def main():
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # This checkout's jaxcxr.
   from configs import base  # pylint: disable=g-import-not-at-top
-  from jaxcxr import smote  # pylint: disable=g-import-not-at-top
+  from jaxcxr import heads  # pylint: disable=g-import-not-at-top
+  from jaxcxr import resampling  # pylint: disable=g-import-not-at-top
   from jaxcxr.data import nih  # pylint: disable=g-import-not-at-top
 
   config = base.get_config()
@@ -69,10 +70,10 @@ def main():
         f"load average before {os.getloadavg()[0]:.1f}")
 
   t0 = time.perf_counter()
-  res = smote.resample(features, labels, method=s.method, k_neighbors=s.k_neighbors, ratio=s.ratio, seed=0,
+  res = resampling.resample(features, labels, method=s.method, k_neighbors=s.k_neighbors, ratio=s.ratio, seed=0,
                        progress=True)
   t1 = time.perf_counter()
-  params, _, _, loss = smote.train_head(res.features, res.labels, smote_config=s, loss_config=config.loss,
+  params, _, _, loss = heads.train_head(res.features, res.labels, head_config=s, loss_config=config.loss,
                                         seed=0, progress=True)
   del params
   t2 = time.perf_counter()

@@ -11,7 +11,8 @@ import ml_collections
 def get_config(arg=None):
   del arg  # The base has no arms; see hernia.py, pneumothorax.py and demo.py.
   config = ml_collections.ConfigDict()
-  # Master seed: parameter init, data order and splits derive from it.
+  # Master seed of the run: parameter init, data order and augmentation derive from it (not the split: see
+  # data.split_seed), so a multi-seed study varies the training on one fixed set of patients.
   config.seed = 0
   # Name of the imbalance arm, set by the config string of hernia.py / pneumothorax.py / demo.py.
   config.arm = ""
@@ -25,14 +26,25 @@ def get_config(arg=None):
   # images/ (or images_001/images ... images_012/images). For 'phantom': where the synthetic set is written
   # (empty = ~/.cache/jaxcxr/phantom-<size>px-<n>img-seed<seed>).
   config.data.dir = "~/data/chestxray14"
+  # 'nih' only: the label file, a name inside data.dir or a path. '' = the first found of
+  # Data_Entry_2017_v2020.csv(.gz), Data_Entry_2017.csv(.gz) and sample_labels.csv (the label file of
+  # Kaggle's 5,606-image "Random Sample of NIH Chest X-ray Dataset", which has no official split lists:
+  # use data.split='random' with it).
+  config.data.label_file = ""
   # Side length in pixels that images are resized to, once, when the data is prepared.
   config.data.image_size = 224
   # 'official': NIH's train_val_list.txt / test_list.txt with a patient-grouped validation carve-out;
-  # 'random': a seeded patient-level 70/10/20 train/val/test split (as CheXNet used); 'chestmnist': the
-  # npz file's own splits (data.source='chestmnist' only; no patient ids, so not patient-checked).
+  # 'random': a patient-level 70/10/20 train/val/test split (as CheXNet used; stratified like the carve-out,
+  # seeded by data.split_seed); 'chestmnist': the npz file's own splits (data.source='chestmnist' only; no
+  # patient ids, so not patient-checked).
   config.data.split = "official"
   # 'official' only: fraction of train_val patients held out for validation (thresholds, checkpoint choice).
+  # The carve-out is patient-grouped and stratified: about this fraction of the patients and of every
+  # label's positive images, and round(val_fraction x the target-positive patients) carrying data.target.
   config.data.val_fraction = 0.1
+  # Seed of the split alone: the official split's validation carve-out and the random split's
+  # train/val/test patients change with it and with nothing else (independent of `seed`).
+  config.data.split_seed = 0
   # The pathology the imbalance machinery and checkpoint selection focus on (one of the 14 NIH labels).
   config.data.target = "Hernia"
   # Images that are missing, empty (zero bytes), truncated or corrupt are left out and listed in
@@ -61,13 +73,20 @@ def get_config(arg=None):
   # Fraction of No Finding images (no label) kept in each epoch, drawn afresh per epoch (1.0 = all).
   config.data.sampling.undersample_no_finding = 1.0
   # Augmentation of training images inside the jitted train step (jaxcxr/data/augment.py); validation and
-  # test images are never augmented. Images carrying data.target use the minority_* fields, others the rest.
+  # test images are never augmented. Label-blind by default: one distribution for every training image (the
+  # minority is preferred by sampling, each repeat of a rare image drawing its own augmentation).
   config.data.augment = ml_collections.ConfigDict()
   config.data.augment.enabled = False  # Off: the step sees the images as stored.
-  config.data.augment.probability = 0.5  # Chance that a non-target image is augmented at all.
-  config.data.augment.minority_probability = 0.9  # The same for an image carrying data.target.
-  config.data.augment.strength = 0.5  # Scale of every range below for non-target images (1 = full range).
-  config.data.augment.minority_strength = 1.0  # The same for images carrying data.target.
+  config.data.augment.probability = 0.8  # Chance that a training image is augmented at all.
+  config.data.augment.strength = 1.0  # Scale of every range below (1 = the full range).
+  # Opt-in, off by default: True gives images carrying data.target their own probability and strength (the
+  # two fields below; the fields above then apply to the other images). This creates a shortcut: with a
+  # stronger minority strength, large warps (a wide black border, a large rotation) occur only on target
+  # images, a cue present in training and absent at test time. Kept to measure its effect (the
+  # `oversample_labelaug` arm).
+  config.data.augment.label_dependent = False
+  config.data.augment.minority_probability = 0.9  # label_dependent only: probability for target images.
+  config.data.augment.minority_strength = 1.0  # label_dependent only: strength for target images.
   config.data.augment.rotation = 10.0  # Rotation range in degrees (uniform in +/- rotation).
   config.data.augment.scale = 0.1  # Zoom range: factor uniform in 1 +/- scale.
   config.data.augment.translate = 0.1  # Shift range as a fraction of the image side, per axis.
@@ -95,7 +114,9 @@ def get_config(arg=None):
   config.model.init_from = ""
 
   config.loss = ml_collections.ConfigDict()
-  # 'bce', 'weighted_bce' (cost-sensitive), 'focal', 'class_balanced' (Cui et al. 2019 effective number).
+  # 'bce', 'weighted_bce' (cost-sensitive), 'focal', 'class_balanced' (Cui et al. 2019 effective number),
+  # 'asl' (asymmetric loss, Ridnik et al. 2021), 'ldam' (label-distribution-aware margins, Cao et al. 2019,
+  # with deferred re-weighting) or 'logit_adjusted' (Menon et al. 2021). See jaxcxr/losses.py.
   config.loss.name = "bce"
   # weighted_bce: how positive weights derive from training counts: 'inverse' (n_neg / n_pos),
   # 'sqrt_inverse' (its square root) or 'effective' (effective number of samples with `beta`).
@@ -108,6 +129,24 @@ def get_config(arg=None):
   config.loss.gamma = 2.0
   # class_balanced / 'effective' weights: beta of the effective number (1 - beta^n) / (1 - beta).
   config.loss.beta = 0.999
+  # asl: focusing exponents of the positive and the negative term, and the probability shift of negatives
+  # (p_m = max(p - clip, 0): negatives with p <= clip cost nothing). Defaults: the CXR-LT 2023 winner's.
+  config.loss.gamma_pos = 1.0
+  config.loss.gamma_neg = 4.0
+  config.loss.clip = 0.05
+  # ldam: margin of the class with fewest positives; class c's margin is max_margin * (n_min / n_c)^(1/4),
+  # subtracted from the logit of its positives during training only (predictions use the raw logits).
+  config.loss.max_margin = 0.5
+  # ldam: scale s of the margined logits inside the BCE (1 = the head's own logit scale).
+  config.loss.scale = 1.0
+  # ldam: deferred re-weighting starts after this fraction of the training steps (train.num_steps for the
+  # backbone, smote.steps for a SMOTE head): from then on each class's positive and negative terms take the
+  # class_balanced weights (effective number, `beta`); before, they weigh 1. 1.0 = never. The loss gets
+  # the optimiser step as its third argument, loss_fn(logits, labels, step), from the train step.
+  config.loss.drw_start = 0.8
+  # logit_adjusted: tau, the weight of each class's log prior odds (training counts) added to its logit
+  # during training; predictions use the raw logits. 0 = plain BCE.
+  config.loss.tau = 1.0
 
   config.train = ml_collections.ConfigDict()
   # Global batch size over all devices and processes (must divide by the device count).
@@ -116,8 +155,12 @@ def get_config(arg=None):
   config.train.eval_batch_size = 0
   # Optimiser steps in the whole run.
   config.train.num_steps = 30_000
-  # Steps between validation passes (their target-class AUPRC ranks checkpoints).
+  # Steps between validation passes (their AUPRC ranks checkpoints, see rank_by).
   config.train.eval_every = 2_000
+  # What ranks checkpoints ('best'): 'target' (data.target's validation AUPRC; training stops before it
+  # starts when validation holds no target positive) or 'macro' (the mean validation AUPRC over the classes
+  # with positives: an explicit opt-in, logged as val_macro_auprc).
+  config.train.rank_by = "target"
   # Steps between checkpoints (a checkpoint is also written at every evaluation and at the end).
   config.train.checkpoint_every = 1_000
   # Steps between fetching metrics to the host (logs, progress bar, non-finite check).
@@ -150,6 +193,9 @@ def get_config(arg=None):
   # Folder of JAX's persistent compilation cache: reruns and resumed runs read their compiled steps from
   # it instead of compiling again ('' = off; a gs:// URL works for pods).
   config.train.compilation_cache = "~/.cache/jaxcxr/xla"
+  # A rerun of a workdir whose config.json differs from this config in anything but the safe fields
+  # (num_steps, intervals, workers, data.dir) stops with the differences; True continues with the new config.
+  config.train.accept_config_change = False
 
   config.parallel = ml_collections.ConfigDict()
   # How the step runs over the 1-D 'data' mesh of every device: 'jit' (one jitted step on the sharded
@@ -160,8 +206,10 @@ def get_config(arg=None):
 
   config.smote = ml_collections.ConfigDict()
   # Feature-space resampling after training (jaxcxr.smote): 'none' (no SMOTE stage after training),
-  # 'random' (duplication), 'smote', 'borderline1', 'borderline2', 'adasyn' (imbalanced-learn). Fitted on
-  # the training embeddings only, one label at a time (one-vs-rest).
+  # 'random' (duplication), 'smote', 'borderline1', 'borderline2', 'adasyn' (imbalanced-learn), fitted one
+  # label at a time (one-vs-rest); or 'mlsmote' (Charte et al. 2015, jaxcxr/mlsmote.py: one synthetic row per
+  # row carrying each minority label, labels by the neighbours' majority; ignores `ratio`). Fitted on the
+  # training embeddings only.
   config.smote.method = "none"
   # Neighbours among a label's positives that SMOTE interpolates towards (ADASYN: its n_neighbors). A
   # label with fewer positives than this + 1 gets k = positives - 1 (duplication when it has one).
@@ -187,4 +235,21 @@ def get_config(arg=None):
   config.smote.views = 0
   # Checkpoint of the training run the embeddings come from: 'best', 'latest' or a step number.
   config.smote.checkpoint = "best"
+
+  config.crt = ml_collections.ConfigDict()
+  # Decoupled classifier re-training (cRT, Kang et al. 2020; best on NIH-CXR-LT) after training: the
+  # backbone is frozen, a new linear head is trained on its training embeddings with class-balanced
+  # sampling (P(image) proportional to the sum of 1 / n_class over its labels), reported in WORKDIR/crt/ and
+  # written back into a checkpoint there. Arm 'crt' turns it on.
+  config.crt.enabled = False
+  # Loss of the new head: '' = the config's loss (loss.name and its fields), else a loss.name.
+  config.crt.loss = ""
+  # Optimiser steps, peak learning rate (AdamW, cosine decay), batch size and kernel weight decay.
+  config.crt.head = "linear"  # The only kind: a linear head is what replaces the model's own.
+  config.crt.steps = 2000
+  config.crt.learning_rate = 1e-3
+  config.crt.batch_size = 512
+  config.crt.weight_decay = 1e-4
+  # Checkpoint of the training run whose embeddings are used: 'best', 'latest' or a step number.
+  config.crt.checkpoint = "best"
   return config

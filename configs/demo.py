@@ -5,8 +5,10 @@
 
 The phantom dataset is generated on first use (20,000 64-px images, Hernia at 1.5% so that the test split
 holds about 35 Hernia positives) and reused afterwards. Arms: baseline, weighted, focal, oversample
-(target_ratio sampling + augmentation, BCE; the default, best in the demo study), hybrid (the same + focal
-loss), smote and smote_hybrid (feature-space SMOTE and a new head after training).
+(target_ratio sampling + label-blind augmentation, BCE; the default), its ablations sample_only and
+augment_only, oversample_labelaug (label-dependent augmentation), hybrid (oversample + focal loss), smote,
+smote_hybrid and mlsmote (feature-space resampling and a new head after training), crt (decoupled classifier
+re-training), asl, ldam_drw and logit_adjusted (long-tail losses); see jaxcxr/arms.py.
 
 The modifier `quick` (with or without an arm: `configs/demo.py:quick,focal`) trains fewer steps on the
 same data, for the imbalance study on 2 CPU cores:

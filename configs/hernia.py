@@ -4,8 +4,10 @@
   python -m jaxcxr.main --config=configs/hernia.py:focal --workdir=/tmp/hernia_focal
 
 Arms (after the colon): baseline (plain BCE, no rebalancing), weighted (cost-sensitive BCE; the default),
-focal (focal loss), oversample (Hernia makes up a quarter of every epoch + augmentation, BCE), hybrid (the
-same + focal loss).
+focal (focal loss), oversample (Hernia makes up a quarter of every epoch + label-blind augmentation, BCE),
+hybrid (the same + focal loss), the ablations sample_only and augment_only, oversample_labelaug (label-dependent
+augmentation), smote, smote_hybrid, mlsmote (feature-space resampling and a new head after training), crt
+(decoupled classifier re-training), asl, ldam_drw, logit_adjusted (long-tail losses): see jaxcxr/arms.py.
 """
 
 from configs import base

@@ -40,6 +40,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from jaxcxr import cli
+from jaxcxr import config_check
 from jaxcxr.data import nih
 
 PARTS = ("compile", "step", "loader", "e2e")
@@ -497,6 +498,7 @@ def run_bench(config, *, parts, steps, warmup, windows, peer, data, synthetic_im
 def main(argv):
   cli.start(argv)
   config = FLAGS.config
+  config_check.check(config)
   with cli.user_errors("jaxcxr.bench", nih.DataError, ValueError, RuntimeError):
     results = run_bench(config, parts=[p.strip() for p in FLAGS.parts if p.strip()], steps=FLAGS.steps,
                         warmup=FLAGS.warmup, windows=FLAGS.windows, peer=FLAGS.peer, data=FLAGS.data,

@@ -14,6 +14,12 @@ and F1 at a FIXED threshold) evaluate a whole chunk of samples with a few vector
 no per-sample sort and no scikit-learn call. Any other callable `fn(labels, scores) -> float or None` also
 works, evaluated once per sample on the resampled arrays (general, but slow).
 
+Those thresholded intervals hold the validation-chosen threshold fixed, so they leave out the
+uncertainty of the choice itself, large when validation holds a handful of positives.
+`joint_threshold_intervals` resamples the patients of validation and test together (independently within
+each), re-chooses every class's threshold on each validation resample with the same rule as
+`metrics.select_thresholds` and measures recall, precision, specificity or F1 on the paired test resample.
+
 Conventions follow `jaxcxr.metrics`: labels > 0.5 are positive, a sample is predicted positive when
 `score >= threshold`, AUPRC is average precision, and an undefined metric is None. Samples where the
 metric is undefined (e.g. no positive drawn) are skipped; if fewer than `min_valid_fraction` of the
@@ -24,6 +30,8 @@ from typing import Callable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tqdm
+
+from jaxcxr import metrics as metrics_lib
 
 # Samples evaluated together: a chunk holds about this many (sample, image) weights (float64).
 _CHUNK_ELEMENTS = 2_000_000
@@ -450,4 +458,221 @@ def class_intervals(
   out = {name: {} for name in classes}
   for (name, m), v in zip(keys, values):
     out[name][m] = percentile_interval(v, alpha=alpha, min_valid_fraction=min_valid_fraction)
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Joint bootstrap of validation and test: the threshold is re-chosen on every validation resample.
+# ----------------------------------------------------------------------------
+
+JOINT_METRICS = ("recall", "precision", "specificity", "f1")
+
+
+def choose_thresholds_weighted(*, labels, scores, weights, rule: str = "max_f1",
+                               target_recall: float = 0.9) -> np.ndarray:
+  """`metrics.choose_threshold` for one class on many weighted copies of the data at once.
+
+  Row b of `weights` (B, N) holds whole-number weights (bootstrap draw counts); its threshold is the one
+  `metrics.choose_threshold` gives on the data with sample i repeated weights[b, i] times (a sample of
+  weight 0 is absent: its score is no candidate). The rules are the same: 'max_f1' (ties to the lowest
+  threshold), 'target_recall' (the highest threshold whose recall reaches target_recall), 'youden' (the
+  highest threshold maximising TPR - FPR; the lowest present score without negatives) and 'fixed'; 0.5
+  where a row has no positive.
+
+  Returns:
+    (B,) float64 thresholds.
+  """
+  if rule not in metrics_lib.THRESHOLD_RULES:
+    raise ValueError(f"Unknown threshold rule {rule!r}; choose one of {metrics_lib.THRESHOLD_RULES}.")
+  y, s = _as_arrays(labels, scores)
+  w = np.asarray(weights, np.float64)
+  if w.ndim != 2 or w.shape[1] != y.size:
+    raise ValueError(f"weights must be (B, {y.size}), got {w.shape}.")
+  out = np.full(w.shape[0], metrics_lib.FIXED_THRESHOLD)
+  if rule == "fixed" or y.size == 0:
+    return out
+  if not y.any():
+    return out
+  order = np.argsort(-s, kind="stable")
+  ss, yo = s[order], y[order]
+  block = np.cumsum(np.r_[True, ss[1:] != ss[:-1]]) - 1  # Run of equal scores of each sorted sample.
+  ends = np.r_[np.flatnonzero(np.diff(block)), ss.size - 1]  # Last position of each run.
+  # Every rule's choice is a run holding a present positive (below it only negatives join, which lowers F1
+  # and J and leaves recall as it is), so only those runs are candidates: few for a rare class.
+  runs = np.unique(block[yo])
+  candidates = ss[ends[runs]]  # Decreasing.
+  wo = w.T[order]  # (N, B): cumulative sums run down axis 0.
+  predicted = np.cumsum(wo, axis=0)[ends[runs]].T  # (B, K): weight scoring >= each candidate.
+  pos_runs = np.searchsorted(runs, block[yo])  # Candidate of each positive.
+  tp = np.cumsum(wo[yo], axis=0)[np.r_[np.flatnonzero(np.diff(pos_runs)), pos_runs.size - 1]].T
+  # A candidate is present when one of its positives is drawn.
+  present = np.diff(np.c_[np.zeros(len(w)), tp], axis=1) > 0
+  pos, total = tp[:, -1:], np.sum(w, axis=1, keepdims=True)
+  has_pos = pos[:, 0] > 0
+  with np.errstate(divide="ignore", invalid="ignore"):
+    recall = tp / pos
+    if rule == "max_f1":
+      precision = np.where(predicted > 0, tp / predicted, 0.0)
+      denom = precision + recall
+      f1 = np.where(denom > 0, 2 * precision * recall / denom, 0.0)
+      f1 = np.where(present, f1, -np.inf)
+      pick = f1.shape[1] - 1 - np.argmax(f1[:, ::-1], axis=1)  # Last maximum = lowest threshold.
+    elif rule == "target_recall":
+      pick = np.argmax(present & (recall >= target_recall), axis=1)  # First = highest threshold.
+    else:  # youden
+      j = np.where(present, recall - (predicted - tp) / (total - pos), -np.inf)
+      pick = np.argmax(j, axis=1)  # First maximum = highest threshold.
+  choice = candidates[pick]
+  if rule == "youden":  # Without negatives: the lowest present score (of any sample).
+    lowest = ss[ss.size - 1 - np.argmax(wo[::-1] > 0, axis=0)]
+    choice = np.where(total[:, 0] == pos[:, 0], lowest, choice)
+  return np.where(has_pos, choice, out)
+
+
+def _rates_at(y, s, groups, num_groups, counts, thresholds):
+  """(TP, FP, FN, TN) weights, each (B,), of `score >= thresholds[b]` when group g has weight counts[b, g]."""
+  unique, which = np.unique(thresholds, return_inverse=True)
+  predicted = s[None, :] >= unique[:, None]  # (K, N): few distinct thresholds per chunk.
+  cell = np.arange(len(unique))[:, None] * num_groups + groups[None, :]
+  size = len(unique) * num_groups
+  tp_g = np.bincount(cell[predicted & y[None, :]], minlength=size).reshape(len(unique), num_groups)
+  pp_g = np.bincount(cell[predicted], minlength=size).reshape(len(unique), num_groups)
+  counts = counts.astype(np.float64)
+  tp = np.einsum("bg,bg->b", counts, tp_g[which])
+  pp = np.einsum("bg,bg->b", counts, pp_g[which])
+  pos = counts @ np.bincount(groups[y], minlength=num_groups)
+  total = counts @ np.bincount(groups, minlength=num_groups)
+  return tp, pp - tp, pos - tp, total - pos - (pp - tp)
+
+
+def joint_threshold_values(
+    *,
+    val_labels,
+    val_scores,
+    val_patients,
+    test_labels,
+    test_scores,
+    test_patients,
+    rule: str = "max_f1",
+    target_recall: float = 0.9,
+    metrics: Sequence[str] = ("recall", "precision", "f1"),
+    num_samples: int = 1000,
+    seed: int = 0,
+    resample_validation: bool = True,
+    progress: bool = False,
+):
+  """Bootstrap distributions of thresholded test metrics whose threshold is re-chosen per resample.
+
+  Every sample draws the patients of validation and of test with replacement (independently; each
+  patient brings all their images), chooses each class's threshold on the validation resample with
+  `rule` (as `metrics.select_thresholds` does; see `choose_thresholds_weighted`) and computes `metrics`
+  on the paired test resample at that threshold. The test resamples are those of `bootstrap_values` with
+  the same `seed`, so with resample_validation=False (thresholds chosen once on the full validation set)
+  the result equals the fixed-threshold path.
+
+  Args:
+    val_labels, val_scores: (Nv, C) validation labels and scores.
+    val_patients: (Nv,) validation patient ids.
+    test_labels, test_scores: (Nt, C) test labels and scores.
+    test_patients: (Nt,) test patient ids.
+    rule, target_recall: the threshold rule (config.train.threshold_rule / target_recall).
+    metrics: names among JOINT_METRICS.
+    num_samples: bootstrap samples.
+    seed: seed of the resampling.
+    resample_validation: False holds validation (hence the thresholds) fixed.
+    progress: show a tqdm bar.
+
+  Returns:
+    (values, thresholds): values (len(metrics), C, num_samples) float64, NaN where a metric is undefined
+    on a sample; thresholds (C, num_samples), the threshold each sample chose.
+  """
+  unknown = [m for m in metrics if m not in JOINT_METRICS]
+  if unknown:
+    raise ValueError(f"Unknown metric {unknown[0]!r}; choose among {JOINT_METRICS}.")
+  vy, vs = np.asarray(val_labels) > 0.5, np.asarray(val_scores, np.float64)
+  ty, ts = np.asarray(test_labels) > 0.5, np.asarray(test_scores, np.float64)
+  if vy.ndim != 2 or vy.shape != vs.shape or ty.shape != ts.shape or ty.ndim != 2 or vy.shape[1] != ty.shape[1]:
+    raise ValueError(f"Need (N, C) labels and scores with one C, got validation {vy.shape} / {vs.shape} and "
+                     f"test {ty.shape} / {ts.shape}.")
+  if not (np.isfinite(vs).all() and np.isfinite(ts).all()):
+    raise ValueError("scores contain NaN or infinite values.")
+  v_inverse, v_groups = group_index(val_patients)
+  t_inverse, t_groups = group_index(test_patients)
+  if v_inverse.size != len(vy) or t_inverse.size != len(ty):
+    raise ValueError(f"{v_inverse.size} / {t_inverse.size} patient ids for {len(vy)} validation / {len(ty)} test "
+                     "images.")
+  num_classes = vy.shape[1]
+  values = np.full((len(metrics), num_classes, max(num_samples, 0)), np.nan)
+  chosen = np.full((num_classes, max(num_samples, 0)), np.nan)
+  fixed = metrics_lib.select_thresholds(labels=vy, scores=vs, rule=rule, target_recall=target_recall)
+  if num_samples <= 0:
+    return values, chosen
+  # Chunks as in bootstrap_values (same test draws for the same seed), sized for the larger split.
+  chunk = int(np.clip(_CHUNK_ELEMENTS // max(ty.shape[0], t_groups, 1), 1, 256))
+  chunk = min(chunk, int(np.clip(_CHUNK_ELEMENTS // max(vy.shape[0], v_groups, 1), 1, 256)))
+  val_seed = np.random.SeedSequence([seed, 0x7A11])  # Independent of the test draws.
+  test_draws = resample_counts(t_groups, num_samples=num_samples, seed=seed, chunk_size=chunk)
+  val_draws = resample_counts(v_groups, num_samples=num_samples, seed=val_seed, chunk_size=chunk)
+  bar = tqdm.tqdm(total=num_samples, desc="joint bootstrap", unit="sample", disable=not progress,
+                  dynamic_ncols=True, leave=False)
+  done = 0
+  for t_counts, v_counts in zip(test_draws, val_draws):
+    b = len(t_counts)
+    v_weights = v_counts[:, v_inverse].astype(np.float64)
+    for c in range(num_classes):
+      if resample_validation:
+        thresholds = choose_thresholds_weighted(labels=vy[:, c], scores=vs[:, c], weights=v_weights, rule=rule,
+                                                target_recall=target_recall)
+      else:
+        thresholds = np.full(b, fixed[c])
+      chosen[c, done:done + b] = thresholds
+      tp, fp, fn, tn = _rates_at(ty[:, c], ts[:, c], t_inverse, t_groups, t_counts, thresholds)
+      for k, m in enumerate(metrics):
+        num, den = {"recall": (tp, tp + fn), "precision": (tp, tp + fp), "specificity": (tn, tn + fp),
+                    "f1": (2 * tp, 2 * tp + fp + fn)}[m]
+        values[k, c, done:done + b] = _divide(num, den)
+    done += b
+    bar.update(b)
+  bar.close()
+  return values, chosen
+
+
+def joint_threshold_intervals(
+    *,
+    val_labels,
+    val_scores,
+    val_patients,
+    test_labels,
+    test_scores,
+    test_patients,
+    classes: Sequence[str],
+    rule: str = "max_f1",
+    target_recall: float = 0.9,
+    metrics: Sequence[str] = ("recall", "precision", "f1"),
+    num_samples: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    resample_validation: bool = True,
+    min_valid_fraction: float = MIN_VALID_FRACTION,
+    progress: bool = False,
+) -> Mapping[str, Mapping[str, Interval]]:
+  """Percentile intervals of thresholded test metrics that carry the threshold's own uncertainty.
+
+  `joint_threshold_values` (same arguments) summarised per class: {class: {metric: (low, high) or None,
+  ..., 'threshold': (low, high)}}, the last being the spread of the thresholds the validation resamples
+  chose. Unlike `class_intervals`, which holds the validation-chosen threshold fixed, these intervals are
+  wide when validation holds few positives, as the threshold is then itself uncertain.
+  """
+  values, chosen = joint_threshold_values(
+      val_labels=val_labels, val_scores=val_scores, val_patients=val_patients, test_labels=test_labels,
+      test_scores=test_scores, test_patients=test_patients, rule=rule, target_recall=target_recall,
+      metrics=metrics, num_samples=num_samples, seed=seed, resample_validation=resample_validation,
+      progress=progress)
+  if len(classes) != chosen.shape[0]:
+    raise ValueError(f"{len(classes)} class names for {chosen.shape[0]} classes.")
+  out = {}
+  for c, name in enumerate(classes):
+    out[name] = {m: percentile_interval(values[k, c], alpha=alpha, min_valid_fraction=min_valid_fraction)
+                 for k, m in enumerate(metrics)}
+    out[name]["threshold"] = percentile_interval(chosen[c], alpha=alpha, min_valid_fraction=min_valid_fraction)
   return out

@@ -4,8 +4,10 @@ import contextlib
 import logging as pylogging
 import os
 import sys
+import traceback
 
 from absl import app
+from absl import flags
 from absl import logging
 
 from jaxcxr import errors
@@ -34,12 +36,13 @@ def start(argv, *, logs=True):
 
 @contextlib.contextmanager
 def user_errors(prog, *extra):
-  """Turns a user's error (errors.UserError and `extra`) into one line on stderr and exit code 2."""
+  """Turns a user's error (errors.UserError and `extra`) into one line on stderr and exit code 2 (or the
+  error's own `exit_code`, e.g. errors.Preempted's 75)."""
   try:
     yield
   except (errors.UserError, *extra) as e:
     print(f"\n{prog}: {e}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(getattr(e, "exit_code", 2))
 
 
 def run_config(config, workdir):
@@ -50,12 +53,60 @@ def run_config(config, workdir):
   return runfolder.read_config(workdir)
 
 
+def _flag_error_line(error):
+  """The one line to show for an error raised while absl parses the flags, or None (show it in full).
+
+  A config file that raises errors.UserError (an unknown arm token) reaches absl wrapped twice, with the
+  traceback in the message: the UserError's own message is the line. An override of a field the config
+  lacks (--config.train.batch_sizee=4) surfaces as a bare KeyError/AttributeError from ml_collections'
+  config_path. A one-line flags.Error (a bad or missing flag value) is shown as it is. Anything else
+  (a config file that crashes) keeps its full text: that is a bug to read, not a value to fix.
+  """
+  cause, deepest = error, None
+  while cause is not None:
+    if isinstance(cause, errors.UserError):
+      deepest = cause  # ml_collections re-raises the same type with a traceback as its message.
+    cause = cause.__cause__ or cause.__context__
+  if deepest is not None and str(deepest).strip():
+    return str(deepest).strip().splitlines()[0]
+  if isinstance(error, (KeyError, AttributeError)):
+    frames = traceback.extract_tb(error.__traceback__)
+    if any(f.filename.endswith(os.path.join("ml_collections", "config_flags", "config_path.py")) for f in frames):
+      inner = error.args[0] if error.args else error
+      text = " ".join(str(inner.args[0] if isinstance(inner, Exception) and inner.args else inner).split())
+      return f"--config override names a field the config does not have: {text}"
+  if isinstance(error, flags.Error) and "\n" not in str(error).strip():
+    return str(error).strip() + " (--helpshort lists the flags)"
+  return None
+
+
+def parse_flags(prog):
+  """A flags_parser for absl.app.run: a bad flag or config value is one line on stderr and exit code 2."""
+  def parse(argv):
+    try:
+      return flags.FLAGS(argv)
+    except (flags.Error, KeyError, AttributeError) as e:
+      line = _flag_error_line(e)
+      if line is None:
+        if not isinstance(e, flags.Error):
+          raise
+        sys.stderr.write(f"FATAL Flags parsing error:\n{e}\n")
+        sys.exit(1)
+      print(f"{prog}: {line}", file=sys.stderr)
+      sys.exit(2)
+  return parse
+
+
 def run(main, prog):
-  """`absl.app.run(main)` with user errors caught in one place: every command's `__main__` calls this."""
+  """`absl.app.run(main)` with user errors caught in one place: every command's `__main__` calls this.
+
+  Flag parsing goes through `parse_flags`, so a bad config value or an unknown arm token given on the
+  command line is one line and exit code 2 too.
+  """
   def guarded(argv):
     with user_errors(prog):
       return main(argv)
-  app.run(guarded)
+  app.run(guarded, flags_parser=parse_flags(prog))
 
 
 def enable_compilation_cache(path, *, min_compile_time_secs=1.0, min_entry_size_bytes=0):

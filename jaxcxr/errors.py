@@ -10,5 +10,11 @@ class UserError(Exception):
   """Something the user can fix; the message says what and how."""
 
 
+class Preempted(UserError):
+  """The run was asked to stop (SIGTERM, or a first Ctrl-C) and saved a checkpoint to resume from."""
+  # Distinct from a user's error (2): a scheduler or a wrapper script can tell "rerun me" apart.
+  exit_code = 75  # EX_TEMPFAIL: a temporary failure; rerunning the same command continues the run.
+
+
 class ConfigError(UserError, ValueError):
   """A config field has a value that cannot work; the message names the field, the value and what is allowed."""

@@ -13,6 +13,7 @@ from ml_collections import config_flags
 
 from jaxcxr import calibration
 from jaxcxr import cli
+from jaxcxr import config_check
 from jaxcxr import evaluation
 from jaxcxr import metrics
 
@@ -36,8 +37,10 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv):
   cli.start(argv)
+  config = cli.run_config(FLAGS.config, FLAGS.workdir)
+  config_check.check(config)
   evaluation.evaluate_checkpoint(
-      cli.run_config(FLAGS.config, FLAGS.workdir), FLAGS.workdir, checkpoint=FLAGS.checkpoint,
+      config, FLAGS.workdir, checkpoint=FLAGS.checkpoint,
       split=FLAGS.split, threshold_rule=FLAGS.threshold_rule, target_recall=FLAGS.target_recall,
       calibration=FLAGS.calibration, bootstrap_samples=FLAGS.bootstrap_samples, alpha=FLAGS.alpha,
       seed=FLAGS.bootstrap_seed, out_dir=FLAGS.out_dir)

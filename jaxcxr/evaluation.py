@@ -33,6 +33,8 @@ from jaxcxr.data import nih
 
 SPLITS = ("val", "test")
 CI_METRICS = ("auroc", "auprc", "recall", "f1")
+# Thresholded metrics whose joint validation + test bootstrap intervals re-choose the threshold.
+JOINT_METRICS = ("recall", "precision", "f1")
 class EvaluationError(errors.UserError):
   """The evaluation cannot run as asked; the message says why and what to do."""
 
@@ -134,7 +136,7 @@ def evaluate_checkpoint(
   val_scores, scores = calibrator.apply(raw_val), calibrator.apply(raw)
   report = reports.build_report(
       config, step=step, val_labels=val.meta.labels, val_scores=val_scores, labels=labels, scores=scores,
-      split=split, threshold_rule=threshold_rule, target_recall=target_recall,
+      split=split, val_patients=val.meta.patients, threshold_rule=threshold_rule, target_recall=target_recall,
       extra={"checkpoint": str(checkpoint), "calibration": calibration,
              "bootstrap_samples": int(bootstrap_samples), "bootstrap_unit": "patient",
              "confidence": 1.0 - alpha, "num_patients": int(np.unique(data.meta.patients).size)})
@@ -147,12 +149,24 @@ def evaluate_checkpoint(
         progress=progress and jax.process_index() == 0)
   else:
     intervals = {name: {m: None for m in CI_METRICS} for name in classes}
+  # Intervals that also carry the threshold's uncertainty: validation and test patients resampled together,
+  # each class's threshold chosen again on every validation resample (test only: on validation the split
+  # that chooses is the one scored).
+  joint = None
+  if bootstrap_samples and split == "test":
+    joint = bootstrap.joint_threshold_intervals(
+        val_labels=val.meta.labels, val_scores=val_scores, val_patients=val.meta.patients, test_labels=labels,
+        test_scores=scores, test_patients=data.meta.patients, classes=classes, rule=report["threshold_rule"],
+        target_recall=target_recall, metrics=JOINT_METRICS, num_samples=bootstrap_samples, alpha=alpha,
+        seed=seed, progress=progress and jax.process_index() == 0)
   brier = calibration_lib.brier_scores(labels, scores)
   brier_raw = calibration_lib.brier_scores(labels, raw)
   for c, name in enumerate(classes):
     entry = report["classes"][name]
     for m in CI_METRICS:
       entry[f"{m}_ci"] = _interval(intervals[name][m])
+    for m in JOINT_METRICS:
+      entry[f"{m}_ci_joint"] = None if joint is None else _interval(joint[name][m])
     entry["brier"] = brier[c]
     if calibration != "none":
       entry["brier_uncalibrated"] = brier_raw[c]
@@ -194,7 +208,12 @@ def format_intervals(report: dict, name: str) -> str:
           f"({report.get('bootstrap_samples', 0)} samples)")
   parts = [f"AUROC {_fmt_ci(m['auroc'], m['auroc_ci'])}", f"AUPRC {_fmt_ci(m['auprc'], m['auprc_ci'])}",
            f"recall {_fmt_ci(m['recall'], m['recall_ci'])} and F1 {_fmt_ci(m['f1'], m['f1_ci'])} at threshold "
-           f"{m['threshold']:.4g}"]
+           f"{m['threshold']:.4g} (held fixed)"]
+  if m.get("recall_ci_joint") is not None or m.get("f1_ci_joint") is not None:
+    parts.append(f"recall {_fmt_ci(m['recall'], m.get('recall_ci_joint'))}, precision "
+                 f"{_fmt_ci(m['precision'], m.get('precision_ci_joint'))} and F1 "
+                 f"{_fmt_ci(m['f1'], m.get('f1_ci_joint'))} with the threshold re-chosen on each validation "
+                 "resample (joint bootstrap: includes the threshold's uncertainty)")
   if m.get("brier") is not None:
     parts.append(f"Brier {m['brier']:.4f}" + (f" (uncalibrated {m['brier_uncalibrated']:.4f})"
                                               if m.get("brier_uncalibrated") is not None else ""))
@@ -206,9 +225,12 @@ def _markdown_intervals(report: dict, classes) -> str:
   calibrated = report["calibration"] != "none"
   lines = ["", f"## {level}% intervals ({report['bootstrap_samples']} patient-bootstrap samples of "
            f"{report['num_patients']} patients)", "",
-           "Percentile intervals; recall and F1 at the fixed validation threshold. Brier on the reported "
-           "scores" + (" (before calibration in brackets)." if calibrated else "."), "",
-           "| class | AUROC | AUPRC | recall | F1 | Brier |", "|:--|--:|--:|--:|--:|--:|"]
+           "Percentile intervals. Recall and F1 at the fixed validation threshold; 'joint' re-chooses the "
+           "threshold on every resample of validation patients (resampled with the test patients), so it "
+           "also carries the threshold's uncertainty. Brier on the reported scores"
+           + (" (before calibration in brackets)." if calibrated else "."), "",
+           "| class | AUROC | AUPRC | recall | F1 | recall (joint) | F1 (joint) | Brier |",
+           "|:--|--:|--:|--:|--:|--:|--:|--:|"]
   for name in classes:
     m = report["classes"][name]
     label = f"**{name}**" if name == report.get("target") else name
@@ -216,5 +238,6 @@ def _markdown_intervals(report: dict, classes) -> str:
     if calibrated and m.get("brier_uncalibrated") is not None:
       brier += f" ({m['brier_uncalibrated']:.4f})"
     cells = [_fmt_ci(m[k], m[f"{k}_ci"]) for k in CI_METRICS]
+    cells += [_fmt_ci(m[k], m.get(f"{k}_ci_joint")) for k in ("recall", "f1")]
     lines.append(f"| {label} | " + " | ".join(cells) + f" | {brier} |")
   return "\n".join(lines) + "\n"

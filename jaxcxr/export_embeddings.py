@@ -16,6 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxcxr import cli
+from jaxcxr import config_check
 from jaxcxr import embeddings
 from jaxcxr import model_context
 
@@ -34,6 +35,7 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv):
   cli.start(argv)
+  config_check.check(cli.run_config(FLAGS.config, FLAGS.workdir))
   ctx = model_context.ModelContext.from_workdir(FLAGS.workdir, FLAGS.config)
   smote_cfg = ctx.config.get("smote")
   checkpoint = FLAGS.checkpoint or (smote_cfg.checkpoint if smote_cfg else "best")

@@ -1,4 +1,4 @@
-"""Stages that give a trained backbone a new head, trained on its embeddings: feature-space SMOTE.
+"""Stages that give a trained backbone a new head, trained on its embeddings: feature-space SMOTE and cRT.
 
   python -m jaxcxr.export_embeddings --config=configs/demo.py:smote --workdir=/tmp/demo_smote
   python -m jaxcxr.smote --config=configs/demo.py:smote --workdir=/tmp/demo_smote
@@ -18,6 +18,10 @@
    params['head'] of the backbone checkpoint; the result is saved with Orbax as WORKDIR/smote/checkpoints
    (with config.json) so that `python -m jaxcxr.evaluate --workdir=WORKDIR/smote` scores images with it.
    An MLP head has no place in the ResNet's single Dense head and is reported on embeddings only.
+
+cRT (`crt.enabled`, arm `crt`): decoupled classifier re-training: the frozen backbone's training embeddings,
+a fresh linear head trained with class-balanced sampling, reported and written back like the SMOTE head, in
+WORKDIR/crt/.
 """
 
 import os
@@ -41,6 +45,7 @@ from jaxcxr import reports
 from jaxcxr import resampling
 from jaxcxr import runfolder
 from jaxcxr.data import nih
+from jaxcxr.data import sampling
 
 
 class SmoteError(errors.UserError):
@@ -94,7 +99,7 @@ def write_back(ctx: model_context.ModelContext, out: str, *, step: int, kernel, 
   metric = 0.0 if val_metric is None else float(val_metric)
   manager = runfolder.checkpoint_manager(out, create=True)
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(variables)),
-               metrics={runfolder.BEST_METRIC: metric})
+               metrics={runfolder.BEST_METRIC: metric, runfolder.RANK_KEY: runfolder.BEST_METRIC})
   manager.wait_until_finished()
   manager.close()
   return ckpt_dir
@@ -120,15 +125,71 @@ def run_smote(ctx: model_context.ModelContext, *, embeddings: Optional[dict] = N
   if s.views and not meta.get("views"):
     raise SmoteError(f"smote.views={s.views} but the embeddings in {emb_lib.embeddings_dir(workdir)} have no "
                      "views: export them again with this config.")
-  tr, val, test = embeddings["train"], embeddings["val"], embeddings["test"]
+  tr = embeddings["train"]
   res = resampling.resample(tr.features, tr.labels, method=s.method, k_neighbors=s.k_neighbors, ratio=s.ratio,
                             seed=config.seed, progress=progress)
   loss_config = config.loss.copy_and_resolve_references()
   if s.loss:
     loss_config.name = s.loss
-  params, mean, std, final_loss = heads.train_head(res.features, res.labels, smote_config=s,
+  params, mean, std, final_loss = heads.train_head(res.features, res.labels, head_config=s,
                                                    loss_config=loss_config, seed=config.seed, progress=progress)
-  # Thresholds on validation, report on test.
+  extra = {"stage": "smote", "method": s.method, "k_neighbors": s.k_neighbors, "ratio": s.ratio,
+           "head": s.head, "head_loss": loss_config.name, "head_steps": s.steps, "head_final_loss": final_loss,
+           "views": int(meta.get("views", 0)), "train_rows": int(len(tr)), "train_views": int(tr.is_view.sum()),
+           "synthetic_rows": int(res.is_synthetic.sum()), "resampling": res.log}
+  title = (f"{s.method} ratio {s.ratio}, {s.head} head with {loss_config.name}")
+  return _report_head(ctx, smote_dir(workdir), embeddings=embeddings, meta=meta, head=(params, mean, std),
+                      kind=s.head, extra=extra, title=title, verbose=verbose)
+
+
+def crt_dir(workdir: str) -> str:
+  return os.path.join(runfolder.path(workdir), "crt")
+
+
+def is_crt(config) -> bool:
+  """Whether `config` runs decoupled classifier re-training after training."""
+  return "crt" in config and bool(config.crt.enabled)
+
+
+def run_crt(ctx: model_context.ModelContext, *, embeddings: Optional[dict] = None, meta: Optional[dict] = None,
+            progress: bool = True, verbose: bool = True) -> dict:
+  """Decoupled classifier re-training (cRT, Kang et al. 2020): the backbone stays frozen (its training
+  embeddings are the input), a new linear head starts from scratch (zero kernel, prior-odds bias) and is
+  trained with class-balanced sampling (P(image) proportional to the sum of 1 / n_class over its labels,
+  data.sampling's 'class_balanced' weights); thresholds on validation, report on test, head written back.
+
+  Returns:
+    The report (also WORKDIR/crt/report.json); `python -m jaxcxr.evaluate --workdir=WORKDIR/crt` scores
+    images with the new head.
+  """
+  config, workdir = ctx.config, ctx.workdir
+  c = config.crt
+  if c.loss and c.loss not in losses.LOSS_NAMES:
+    raise errors.ConfigError(f"crt.loss must be '' or one of {', '.join(losses.LOSS_NAMES)}, got {c.loss!r}.")
+  if embeddings is None:
+    embeddings, meta = emb_lib.load(emb_lib.embeddings_dir(workdir))
+  tr = embeddings["train"]
+  real = ~tr.is_view
+  features, labels = tr.features[real], tr.labels[real]
+  loss_config = config.loss.copy_and_resolve_references()
+  if c.loss:
+    loss_config.name = c.loss
+  weights = sampling.class_balanced_weights(labels)
+  params, mean, std, final_loss = heads.train_head(features, labels, head_config=c, loss_config=loss_config,
+                                                   seed=config.seed, sample_weights=weights, progress=progress)
+  extra = {"stage": "crt", "head": "linear", "head_sampling": "class_balanced", "head_loss": loss_config.name,
+           "head_steps": c.steps, "head_final_loss": final_loss, "train_rows": int(real.sum())}
+  return _report_head(ctx, crt_dir(workdir), embeddings=embeddings, meta=meta, head=(params, mean, std),
+                      kind="linear", extra=extra, title=f"class-balanced linear head with {loss_config.name}",
+                      verbose=verbose)
+
+
+def _report_head(ctx, out, *, embeddings, meta, head, kind, extra, title, verbose):
+  """Thresholds on validation, the test report beside the backbone's, the write-back (linear heads) and
+  the files in OUT: what every head stage ends with."""
+  config = ctx.config
+  params, mean, std = head
+  val, test = embeddings["val"], embeddings["test"]
   val_scores = heads.head_probs(params, mean, std, val.features)
   test_scores = heads.head_probs(params, mean, std, test.features)
   target = config.data.target
@@ -137,15 +198,10 @@ def run_smote(ctx: model_context.ModelContext, *, embeddings: Optional[dict] = N
   step = int(meta["checkpoint_step"])
   backbone = reports.build_report(config, step=step, val_labels=val.labels, val_scores=val.backbone_probs,
                                   labels=test.labels, scores=test.backbone_probs)
-  report = reports.build_report(
-      config, step=step, val_labels=val.labels, val_scores=val_scores, labels=test.labels, scores=test_scores,
-      extra={"stage": "smote", "method": s.method, "k_neighbors": s.k_neighbors, "ratio": s.ratio,
-             "head": s.head, "head_loss": loss_config.name, "head_steps": s.steps, "head_final_loss": final_loss,
-             "views": int(meta.get("views", 0)), "train_rows": int(len(tr)), "train_views": int(tr.is_view.sum()),
-             "synthetic_rows": int(res.is_synthetic.sum()), "resampling": res.log})
+  report = reports.build_report(config, step=step, val_labels=val.labels, val_scores=val_scores,
+                                val_patients=val.patient_ids, labels=test.labels, scores=test_scores, extra=extra)
   report["backbone"] = {k: backbone[k] for k in ("checkpoint_step", "threshold_rule", "classes", "macro")}
-  out = smote_dir(workdir)
-  if s.head == "linear":
+  if kind == "linear":
     kernel, bias = heads.fold_linear(params, mean, std)
     report["write_back"] = write_back(ctx, out, step=step, kernel=kernel, bias=bias,
                                       val_metric=val_target["auprc"])
@@ -154,14 +210,16 @@ def run_smote(ctx: model_context.ModelContext, *, embeddings: Optional[dict] = N
     report["write_back"] = None
     report["write_back_note"] = ("an MLP head cannot be written into the model's single Dense head; it is "
                                  "reported on embeddings only (use smote.head='linear' to evaluate on images)")
-    logging.warning("smote.head='mlp': %s.", report["write_back_note"])
+    logging.warning("%s head: %s.", kind, report["write_back_note"])
   if jax.process_index() == 0:
-    reports.write(report, out, labels=test.labels, scores=test_scores, highlight=target)
+    reports.write(report, out, labels=test.labels, scores=test_scores, highlight=target,
+                  arrays={"patients": test.patient_ids, "val_labels": val.labels, "val_scores": val_scores,
+                          "val_patients": val.patient_ids})
     with open(os.path.join(out, "report.md"), "a") as f:
       f.write(_markdown_extra(report))
     if verbose:
-      reports.show(report, f"SMOTE head report ({report['split']}, embeddings of checkpoint step {step}, "
-                   f"{s.method} ratio {s.ratio}, {s.head} head with {loss_config.name}, thresholds by "
+      reports.show(report, f"{extra['stage'].upper() if extra['stage'] == 'smote' else 'cRT'} head report "
+                   f"({report['split']}, embeddings of checkpoint step {step}, {title}, thresholds by "
                    f"{config.train.threshold_rule} on validation)", out_dir=out, table=format_table(report))
   return report
 
@@ -182,9 +240,10 @@ def _markdown_extra(report: dict) -> str:
   head, base = report["classes"][target], report["backbone"]["classes"][target]
   keys = ("auroc", "auprc", "recall", "precision", "f1", "threshold")
   fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
-  lines = ["", f"## {target}: new head against the backbone's own head", "",
+  stage = {"smote": "SMOTE", "crt": "cRT"}.get(report.get("stage"), "new")
+  lines = ["", f"## {target}: {stage} head against the backbone's own head", "",
            "| model | " + " | ".join(keys) + " |", "|:--|" + "--:|" * len(keys),
-           f"| {report.get('stage', 'new')} head | " + " | ".join(fmt(head[k]) for k in keys) + " |",
+           f"| {stage} head | " + " | ".join(fmt(head[k]) for k in keys) + " |",
            "| backbone | " + " | ".join(fmt(base[k]) for k in keys) + " |", ""]
   if report.get("resampling"):
     lines += ["## Resampling (training embeddings only)", "",

@@ -44,18 +44,23 @@ def apply_head(params, x):
   return x @ params["kernel"] + params["bias"]
 
 
-def _train_chunk(params, opt_state, features, labels, mean, std, key, first, *, tx, loss_fn, steps,
+def _train_chunk(params, opt_state, features, labels, mean, std, key, first, probs, *, tx, loss_fn, steps,
                  batch_size):
   """`steps` optimiser steps from step `first`; each draws `batch_size` rows of the device arrays features
-  (N, D) and labels (N, C) uniformly with replacement (key folded with the step number) and standardises
-  them with mean / std. Returns the mean loss per step too."""
+  (N, D) and labels (N, C) with replacement (key folded with the step number), uniformly when `probs` is
+  None, else with the row probabilities `probs` (N,), and standardises them with mean / std. Returns the
+  mean loss per step too."""
   def step(carry, i):
     params, opt_state = carry
-    idx = jax.random.randint(jax.random.fold_in(key, i), (batch_size,), 0, features.shape[0])
+    k = jax.random.fold_in(key, i)
+    if probs is None:
+      idx = jax.random.randint(k, (batch_size,), 0, features.shape[0])
+    else:
+      idx = jax.random.choice(k, features.shape[0], (batch_size,), p=probs)
     x = (features[idx] - mean) / std
     y = labels[idx]
     def loss(p):
-      return loss_fn(apply_head(p, x), y).mean()
+      return loss_fn(apply_head(p, x), y, i).mean()
     value, grads = jax.value_and_grad(loss)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), value
@@ -78,28 +83,36 @@ def feature_moments(features, *, chunk: int = 8192):
   return mean.astype(np.float32), np.sqrt(squares / max(n, 1) + 1e-6).astype(np.float32)
 
 
-def train_head(features, labels, *, smote_config, loss_config, seed: int, progress: bool = True,
-               chunk: int = 100):
-  """Trains a head on (resampled) training rows; returns (params, mean, std, final loss).
+def train_head(features, labels, *, head_config, loss_config, seed: int, sample_weights=None,
+               progress: bool = True, chunk: int = 100):
+  """Trains a head on training rows; returns (params, mean, std, final loss).
 
   Features are standardised with `mean`/`std` (of the rows given). The rows are put on the device once;
-  each step draws its batch there, uniformly with replacement from a key of `seed`, inside the jitted
-  scan over `chunk` steps, so no batch is copied from the host and the result depends only on the seed.
+  each step draws its batch there with replacement from a key of `seed` (uniformly, or in proportion to
+  `sample_weights` (N,), e.g. class-balanced sampling), inside the jitted scan over `chunk` steps, so no
+  batch is copied from the host and the result depends only on the seed. `head_config` gives head,
+  hidden, steps, learning_rate, batch_size and weight_decay (the `smote` or `crt` config block).
   """
-  s = smote_config
+  s = head_config
   features = np.asarray(features, np.float32)
   labels = np.asarray(labels, np.float32)
   n, dim = features.shape
   mean, std = feature_moments(features)
   num_pos = labels.sum(0)
-  loss_fn = losses.get_loss_fn(loss_config, num_pos=num_pos, num_total=n)
-  params = init_head(s.head, dim=dim, num_classes=labels.shape[1], hidden=s.hidden, prior=num_pos / n,
+  loss_fn = losses.get_loss_fn(loss_config, num_pos=num_pos, num_total=n, num_steps=s.steps)
+  params = init_head(s.head, dim=dim, num_classes=labels.shape[1], hidden=s.get("hidden", 0), prior=num_pos / n,
                      seed=seed)
   schedule = optax.cosine_decay_schedule(s.learning_rate, s.steps)
   tx = optax.adamw(schedule, weight_decay=s.weight_decay, mask=model_context.weight_decay_mask)
   opt_state = tx.init(params)
   run = jax.jit(functools.partial(_train_chunk, tx=tx, loss_fn=loss_fn, batch_size=s.batch_size),
                 static_argnames=("steps",), donate_argnums=(0, 1))
+  probs = None
+  if sample_weights is not None:
+    w = np.asarray(sample_weights, np.float64)
+    if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+      raise HeadError(f"sample_weights must be {n} finite non-negative numbers with a positive sum.")
+    probs = jax.device_put((w / w.sum()).astype(np.float32))
   on_device = jax.device_put((features, labels, mean, std))
   key = jax.random.fold_in(jax.random.key(seed), 1)  # init_head's MLP uses key(seed) itself.
   done, last = 0, float("nan")
@@ -107,7 +120,7 @@ def train_head(features, labels, *, smote_config, loss_config, seed: int, progre
                   disable=not progress or jax.process_index() != 0, dynamic_ncols=True)
   while done < s.steps:
     m = min(chunk, s.steps - done)
-    params, opt_state, values = run(params, opt_state, *on_device, key, done, steps=m)
+    params, opt_state, values = run(params, opt_state, *on_device, key, done, probs, steps=m)
     done += m
     bar.update(m)
     last = float(values[-1])

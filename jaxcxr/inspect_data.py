@@ -26,6 +26,7 @@ import numpy as np
 import tqdm
 
 from jaxcxr import cli
+from jaxcxr import config_check
 from jaxcxr.data import augment
 from jaxcxr.data import datasets
 from jaxcxr.data import nih
@@ -138,6 +139,7 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
   cli.start(argv)
+  config_check.check(FLAGS.config)
   with cli.user_errors("jaxcxr.inspect_data", nih.DataError, ValueError):
     summary = inspect(FLAGS.config, num_batches=FLAGS.num_batches, out_dir=FLAGS.out, top=FLAGS.top,
                       progress=not FLAGS.json)

@@ -8,10 +8,12 @@ written to WORKDIR/report/ (report.json, report.md, roc.png, pr.png, scores.npz)
 """
 
 from absl import flags
+import jax
 from ml_collections import config_flags
 
 from jaxcxr import cli
 from jaxcxr import cluster
+from jaxcxr import config_check
 from jaxcxr import experiment
 
 FLAGS = flags.FLAGS
@@ -29,9 +31,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   cli.start(argv)
+  config_check.check(FLAGS.config)  # Before joining a cluster: a bad value stops every process at once.
   # Joins a multi-process run before any other JAX call: explicit flags, or a detected cluster.
   cluster.initialize(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
                      process_id=FLAGS.process_id)
+  config_check.check(FLAGS.config, num_devices=jax.device_count())
   cli.enable_compilation_cache(FLAGS.config.train.compilation_cache)
   experiment.run(FLAGS.config, FLAGS.workdir)
 

@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 import tqdm
 
 from jaxcxr import errors
+from jaxcxr import metrics
 from jaxcxr import models
 from jaxcxr import runfolder
 from jaxcxr.data import datasets
@@ -252,6 +253,15 @@ class ModelContext:
         process_count=jax.process_count()))
     out = self._run(step_fn or self._predict, variables, batches)
     return np.zeros((0, len(nih.CLASSES)), np.float32) if out is None else out
+
+  def thresholds(self, variables, *, rule: Optional[str] = None, target_recall: Optional[float] = None):
+    """(14,) per-class thresholds chosen on the validation split with `rule` (default the config's
+    train.threshold_rule), as every report chooses them: validation chooses, nothing else."""
+    val = self.splits["val"]
+    t = self.config.train
+    return metrics.select_thresholds(labels=val.meta.labels, scores=self.predict_split(variables, val),
+                                     rule=t.threshold_rule if rule is None else rule,
+                                     target_recall=float(t.target_recall if target_recall is None else target_recall))
 
   def features_split(self, variables, split=None, *, images=None, desc=None):
     """(features (N, D), probabilities (N, 14)) of every image of `split` (or of `images`), in order;

@@ -19,6 +19,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxcxr import cli
+from jaxcxr import config_check
 from jaxcxr.data import datasets
 from jaxcxr.data import nih
 
@@ -36,6 +37,7 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
   cli.start(argv)
   config = FLAGS.config
+  config_check.check(config)
   if FLAGS.strict is not None:
     config.data.strict = FLAGS.strict
   with cli.user_errors("jaxcxr.prepare", nih.DataError):

@@ -21,7 +21,7 @@ from jaxcxr.data import nih
 
 
 def build_report(config, *, step: int, val_labels, val_scores, labels, scores, split: str = "test",
-                 threshold_rule: Optional[str] = None, target_recall: Optional[float] = None,
+                 val_patients=None, threshold_rule: Optional[str] = None, target_recall: Optional[float] = None,
                  extra: Optional[Mapping[str, Any]] = None) -> dict:
   """The report of `scores` on `split`, thresholds chosen on validation.
 
@@ -32,12 +32,15 @@ def build_report(config, *, step: int, val_labels, val_scores, labels, scores, s
       (and nothing else).
     labels, scores: (N, 14) labels and scores of the reported split.
     split: 'test' or 'val' (the report's 'split' is '<data.split>/<split>').
+    val_patients: (N_val,) patient ids of the validation rows, to count them in 'validation'.
     threshold_rule, target_recall: default config.train.threshold_rule / target_recall.
     extra: more top-level fields (stage, calibration, intervals' settings, ...), placed before the metrics.
 
   Returns:
-    {'split', 'checkpoint_step', 'target', 'arm', 'seed', 'threshold_rule', ['target_recall'], 'num_images',
-     'num_patients'?, **extra, 'classes': {name: metrics.binary_metrics + threshold}, 'macro'}.
+    {'split', 'checkpoint_step', 'target', 'arm', 'seed', 'split_seed', 'threshold_rule', ['target_recall'],
+     'num_images', 'validation': {images, patients, target_images, target_auprc}, **extra,
+     'classes': {name: metrics.binary_metrics + threshold}, 'macro'}. 'validation' says what chose the
+     thresholds; its target_auprc is what the study compares arms by (test labels choose nothing).
   """
   rule = config.train.threshold_rule if threshold_rule is None else threshold_rule
   recall = float(config.train.target_recall if target_recall is None else target_recall)
@@ -50,6 +53,14 @@ def build_report(config, *, step: int, val_labels, val_scores, labels, scores, s
   if rule == "target_recall":
     report["target_recall"] = recall
   report["num_images"] = int(np.asarray(labels).shape[0])
+  t = nih.CLASSES.index(config.data.target)
+  val_labels = np.asarray(val_labels)
+  report["validation"] = {
+      "images": int(val_labels.shape[0]),
+      "patients": None if val_patients is None else int(np.unique(np.asarray(val_patients)).size),
+      "target_images": int((val_labels[:, t] > 0.5).sum()),
+      "target_auprc": metrics.binary_metrics(labels=val_labels[:, t], scores=np.asarray(val_scores)[:, t],
+                                             threshold=0.5)["auprc"]}
   report.update(extra or {})
   report.update(result)
   return report
@@ -111,6 +122,11 @@ def _markdown(report: Mapping[str, Any], *, classes: Sequence[str], num_examples
             if k not in ("split", "checkpoint_step", "classes", "macro")
             and (v is None or isinstance(v, (str, int, float, bool, np.generic)))}
   lines += [f"- {k}: `{v}`" for k, v in extras.items()]
+  v = report.get("validation")
+  if v:
+    lines.append(f"- thresholds chosen on validation: {v['images']} images"
+                 + (f", {v['patients']} patients" if v.get("patients") is not None else "")
+                 + f", {v['target_images']} {report.get('target', 'target')} images")
   if extras:
     lines.append("")
   lines.append("| class | " + " | ".join(h for h, _, _ in _MD_COLUMNS) + " |")
@@ -242,7 +258,8 @@ def _mark_operating_points(ax, *, kind: str, y, s, threshold) -> list:
 
 
 # The scores a report was computed on, beside it (np.load(..., allow_pickle=False)): `scores` (N, C) float32
-# and `labels` (N, C) uint8, rows in the split's order. The study bootstraps them without re-predicting.
+# and `labels` (N, C) uint8, rows in the split's order, plus what `write`'s `arrays` adds (patients,
+# validation labels, scores and patients). The study bootstraps them without re-predicting.
 SCORES_FILE = "scores.npz"
 
 
@@ -254,6 +271,7 @@ def write(
     scores,
     classes: Sequence[str] = nih.CLASSES,
     highlight: Optional[str] = None,
+    arrays: Optional[Mapping[str, Any]] = None,
 ) -> None:
   """Writes report.json, report.md, roc.png, pr.png and SCORES_FILE to `out_dir` (created if needed).
 
@@ -267,6 +285,8 @@ def write(
     classes: the C class names, in column order.
     highlight: a class to draw bold with its operating points (the target
       pathology, e.g. 'Hernia'), or None.
+    arrays: more arrays for SCORES_FILE, e.g. `patients` and the validation rows that chose the
+      thresholds (`val_labels`, `val_scores`, `val_patients`), which the study's joint bootstrap resamples.
   """
   labels, scores = np.asarray(labels), np.asarray(scores)
   metrics.check_shapes(labels, scores, classes)
@@ -281,4 +301,5 @@ def write(
   for kind in ("roc", "pr"):
     _plot_curves(kind=kind, report=report, labels=labels, scores=scores, classes=classes,
                  highlight=highlight, path=os.path.join(out_dir, f"{kind}.png"))
-  np.savez(os.path.join(out_dir, SCORES_FILE), scores=scores.astype(np.float32), labels=labels.astype(np.uint8))
+  np.savez(os.path.join(out_dir, SCORES_FILE), scores=scores.astype(np.float32), labels=labels.astype(np.uint8),
+           **{k: np.asarray(v) for k, v in (arrays or {}).items()})

@@ -1,6 +1,7 @@
 """One-vs-rest resampling of training embeddings with imbalanced-learn (SMOTE, Borderline-SMOTE, ADASYN).
 
-imbalanced-learn rejects multi-label targets, so for each label whose positives / negatives is below
+`mlsmote` (Charte et al. 2015, jaxcxr/mlsmote.py) instead handles every minority label in one multi-label
+pass. For the others: imbalanced-learn rejects multi-label targets, so for each label whose positives / negatives is below
 `ratio`, the rows are resampled against that label's 0/1 column up to that ratio and the new positive rows
 are kept ('random' and 'smote', which draw from the positives alone, are handed only the positives and
 1,000 negatives with the same count to make: the same points, far less copying). A synthetic row's other
@@ -21,9 +22,10 @@ from sklearn.neighbors import NearestNeighbors
 import tqdm
 
 from jaxcxr import errors
+from jaxcxr import mlsmote
 from jaxcxr.data import nih
 
-METHODS = ("none", "random", "smote", "borderline1", "borderline2", "adasyn")
+METHODS = ("none", "random", "smote", "borderline1", "borderline2", "adasyn", "mlsmote")
 
 
 def make_resampler(method: str, *, k_neighbors: int, ratio, seed: int):
@@ -85,6 +87,13 @@ def resample(features, labels, *, method: str, k_neighbors: int, ratio: float, s
   features = np.asarray(features, np.float32)
   labels = np.asarray(labels).astype(np.uint8)
   n, num_classes = labels.shape
+  if method == "mlsmote":  # Multi-label, all minority labels in one pass (jaxcxr/mlsmote.py); no ratio.
+    syn = mlsmote.generate(features, labels, k_neighbors=k_neighbors, seed=seed, classes=classes,
+                           progress=progress)
+    return Resampled(features=np.concatenate([features, syn.features]),
+                     labels=np.concatenate([labels, syn.labels]),
+                     is_synthetic=np.concatenate([np.zeros(n, bool), np.ones(len(syn.features), bool)]),
+                     origin_class=np.concatenate([np.full(n, -1, np.int64), syn.origin_class]), log=syn.log)
   new_x, new_y, new_c, log = [], [], [], []
   for c in tqdm.trange(num_classes, desc=f"resample ({method})", disable=not progress, dynamic_ncols=True):
     y = labels[:, c].astype(np.int64)
@@ -158,15 +167,15 @@ def _resample_label(features, y, method, *, k, ratio, n_new, seed, negatives_kep
   MINORITY_ONLY methods with more than `negatives_kept` negatives (see `resample`), else from all rows."""
   neg = np.flatnonzero(y == 0)
   if method not in MINORITY_ONLY or len(neg) <= negatives_kept:
-    return _fit_resample(method, features, y, k=k, ratio=ratio, seed=seed)
+    return fit_resample(method, features, y, k=k, ratio=ratio, seed=seed)
   # Sorted rows keep the positives in their order, so the neighbours and random draws are those of the
   # full-rows call; the explicit count replaces the ratio, which would be taken of the kept negatives.
   rows = np.sort(np.concatenate([np.flatnonzero(y == 1), neg[:negatives_kept]]))
   n_pos = len(rows) - negatives_kept
-  return _fit_resample(method, features[rows], y[rows], k=k, ratio={1: n_pos + n_new}, seed=seed)
+  return fit_resample(method, features[rows], y[rows], k=k, ratio={1: n_pos + n_new}, seed=seed)
 
 
-def _fit_resample(method, features, y, *, k, ratio, seed):
+def fit_resample(method, features, y, *, k, ratio, seed):
   """The synthetic positive rows the resampler adds for the binary target `y`."""
   x_res, y_res = make_resampler(method, k_neighbors=k, ratio=ratio, seed=seed).fit_resample(features, y)
   xs, ys = x_res[len(features):], y_res[len(features):]

@@ -10,6 +10,8 @@ write-backs, the study) goes through these functions, so a run folder has one la
 
 import json
 import os
+import shutil
+import time
 from typing import List, Optional, Sequence, Tuple, Union
 
 from absl import logging
@@ -21,8 +23,24 @@ from jaxcxr import errors
 
 CONFIG_FILE = "config.json"
 CHECKPOINTS = "checkpoints"
-# The validation metric that ranks checkpoints ('best').
-BEST_METRIC = "val_target_auprc"
+# The validation metric that ranks checkpoints ('best') for train.rank_by 'target' and 'macro'; a
+# checkpoint's metrics name the one that ranked it under RANK_KEY (older checkpoints: the target's).
+RANK_METRICS = {"target": "val_target_auprc", "macro": "val_macro_auprc"}
+BEST_METRIC = RANK_METRICS["target"]
+RANK_KEY = "rank_metric"
+
+
+def rank_metric(config) -> str:
+  """The validation metric that ranks the checkpoints of `config` (train.rank_by; 'target' if unset)."""
+  by = config.train.get("rank_by", "target") if "train" in config else "target"
+  if by not in RANK_METRICS:
+    raise errors.ConfigError(f"train.rank_by must be one of {', '.join(RANK_METRICS)}, got {by!r}.")
+  return RANK_METRICS[by]
+
+
+def ranking_value(metrics: dict) -> float:
+  """The value a checkpoint is ranked by: its metrics' RANK_KEY metric."""
+  return metrics[metrics.get(RANK_KEY, BEST_METRIC)]
 # Fields that must match the training run for its checkpoints to restore into a config's model.
 MUST_MATCH = ("model.name", "data.image_size")
 # Fields that change which images are in each split: a mismatch is warned about.
@@ -104,9 +122,77 @@ def check_config(config, workdir: str) -> None:
     logging.warning("%s was %r in training, now %r: the splits may differ from the run's.", k, a, b)
 
 
+# Fields a rerun may change without changing what the run computes; they are logged, not refused.
+SAFE_ON_RESUME = ("train.num_steps", "train.eval_every", "train.checkpoint_every", "train.log_every",
+                  "train.keep_checkpoints", "train.eval_batch_size", "train.compilation_cache",
+                  "train.accept_config_change", "data.num_workers", "data.dir")
+
+
+def flatten(tree, prefix="") -> dict:
+  """{'a.b': value} of a nested dict."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def check_resume(config, workdir: str) -> None:
+  """Before a run resumes in `workdir`: compares `config` with the config.json the run was started with.
+
+  Changes to safe fields (SAFE_ON_RESUME, e.g. train.num_steps to extend a run) are logged. Any other
+  change (model, data, split, loss, sampling, augmentation, optimiser, ...) stops the run with one line
+  per field, old -> new, unless train.accept_config_change is set. Fields the saved config lacks (added
+  in a later version) are logged only.
+  """
+  file = os.path.join(path(workdir), CONFIG_FILE)
+  if not os.path.exists(file):
+    return
+  with open(file) as f:
+    saved = flatten(json.load(f))
+  now = flatten(json.loads(config.to_json_best_effort()))
+  changed = sorted(k for k in saved.keys() & now.keys() if saved[k] != now[k])
+  for k in sorted(now.keys() - saved.keys()):
+    logging.info("config field %s (now %r) is new since this run started.", k, now[k])
+  safe = [k for k in changed if k in SAFE_ON_RESUME]
+  for k in safe:
+    logging.info("Resuming with %s changed: %r -> %r.", k, saved[k], now[k])
+  unsafe = [k for k in changed if k not in SAFE_ON_RESUME]
+  if not unsafe:
+    return
+  accepted = bool(config.train.get("accept_config_change", False)) if "train" in config else False
+  lines = "; ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in unsafe)
+  if accepted:
+    logging.warning("Resuming %s with a changed config (train.accept_config_change): %s.", workdir, lines)
+    return
+  raise RunFolderError(
+      f"{path(workdir)} holds a run started with another config: {lines}. Use a new --workdir, or continue "
+      "this run with the new values by adding --config.train.accept_config_change=True.")
+
+
 # ----------------------------------------------------------------------------
 # Checkpoints.
 # ----------------------------------------------------------------------------
+
+CORRUPT = "corrupt"
+
+
+def quarantine(workdir: str, step: int, error: Exception) -> Optional[str]:
+  """Moves WORKDIR/checkpoints/<step> aside (never deletes it) into checkpoints/corrupt/, with a warning
+  naming the step and the error; returns where it went (process 0; None elsewhere)."""
+  src = os.path.join(checkpoint_dir(workdir), str(step))
+  if jax.process_index() != 0 or not os.path.isdir(src):
+    return None
+  dst_dir = os.path.join(checkpoint_dir(workdir), CORRUPT)
+  os.makedirs(dst_dir, exist_ok=True)
+  dst = os.path.join(dst_dir, f"{step}-{int(time.time())}")
+  shutil.move(src, dst)
+  logging.warning("The checkpoint at step %d does not restore (%s: %s); moved aside to %s.", step,
+                  type(error).__name__, str(error).splitlines()[0][:300] if str(error) else "", dst)
+  return dst
+
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -126,13 +212,14 @@ def require_checkpoints(workdir: str) -> None:
 
 
 def checkpoint_manager(workdir: str, *, keep: Optional[int] = None, create: bool = False) -> ocp.CheckpointManager:
-  """The Orbax manager of WORKDIR/checkpoints, ranked by BEST_METRIC (higher is better).
+  """The Orbax manager of WORKDIR/checkpoints, ranked by each checkpoint's ranking metric (higher is better;
+  see `ranking_value`).
 
   It keeps the latest `keep` checkpoints plus the best one (`keep` None: every checkpoint, e.g. a head
   written back once). Readers pass create=False and never save; their manager knows the 'state' item's
   handler, so that its metadata (the saved tree's shapes) can be read before restoring.
   """
-  best = lambda m: m[BEST_METRIC]
+  best = ranking_value
   policies = [ocp.checkpoint_managers.BestN(get_metric_fn=best, reverse=False, n=1,
                                             keep_checkpoints_without_metrics=False)]
   if keep is not None:

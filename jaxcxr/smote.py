@@ -12,6 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxcxr import cli
+from jaxcxr import config_check
 from jaxcxr import head_stages
 from jaxcxr import model_context
 
@@ -26,6 +27,7 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv):
   cli.start(argv)
+  config_check.check(cli.run_config(FLAGS.config, FLAGS.workdir))
   ctx = model_context.ModelContext.from_workdir(FLAGS.workdir, FLAGS.config)
   if "smote" not in ctx.config:
     raise head_stages.SmoteError("The config has no smote block; pass --config (e.g. configs/demo.py:smote).")

@@ -4,8 +4,9 @@
   python -m jaxcxr.stats --config=configs/hernia.py --config.data.split=random --json
 
 Reads only the label file (and, for the official split, train_val_list.txt and test_list.txt); images are
-not needed. The split is the one training would use: config.data.split, config.data.val_fraction and
-config.seed. Run it from the repository root (configs import each other as `configs.*`).
+not needed. The split is the one training would use: config.data.split, config.data.val_fraction,
+config.data.split_seed and config.data.target (config.seed does not change it). Run it from the
+repository root (configs import each other as `configs.*`).
 """
 
 import json
@@ -15,6 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxcxr import cli
+from jaxcxr import config_check
 from jaxcxr.data import nih
 
 FLAGS = flags.FLAGS
@@ -38,23 +40,20 @@ def _data_dir(config):
 
 def compute(config, directory):
   """The statistics as one JSON-ready dict: where they come from, the split and table1 of every part."""
-  if not os.path.isdir(directory):
-    raise nih.DataError(f"Data folder {directory} not found. Point --data_dir (or --config.data.dir) at the "
-                        f"folder holding {nih.LABEL_FILE} (or {nih.LABEL_FILE}.gz).")
-  label_file = nih.find_label_file(directory)
-  if label_file is None:
-    raise nih.DataError(f"No NIH ChestX-ray14 label file ({nih.LABEL_FILE} or {nih.LABEL_FILE}.gz) in "
-                        f"{directory}.")
+  label_file = nih.locate_label_file(directory, config.data.get("label_file", ""))
   meta = nih.read_labels(label_file)
   name = config.data.split
-  splits = nih.split(meta, directory, name=name, val_fraction=config.data.val_fraction, seed=config.seed)
+  split_seed = config.data.split_seed
+  splits = nih.split(meta, directory, name=name, val_fraction=config.data.val_fraction, seed=split_seed,
+                     target=config.data.target)
   parts = {"all": meta}
   if name == "official":  # NIH's own train_val list, to compare with published counts.
     parts["train_val"] = nih.concat([splits["train"], splits["val"]])
   parts.update(splits)
   return {"data_dir": directory, "label_file": label_file, "split": name,
-          "val_fraction": config.data.val_fraction, "seed": config.seed, "classes": list(nih.CLASSES),
-          "table": nih.table1(parts)}
+          "val_fraction": config.data.val_fraction, "split_seed": split_seed, "target": config.data.target,
+          "classes": list(nih.CLASSES), "table": nih.table1(parts),
+          "target_by_split": nih.describe_split(splits, target=config.data.target)}
 
 
 def _cell(count, share):
@@ -83,10 +82,13 @@ def format_table(stats):
   split_note = stats["split"]
   if stats["split"] == "official":
     split_note += (f" (NIH train_val_list.txt / test_list.txt; val = {stats['val_fraction']:g} of train_val "
-                   f"patients, seed {stats['seed']})")
+                   f"patients, split seed {stats['split_seed']})")
   else:
-    split_note += f" (patient-level; val_fraction {stats['val_fraction']:g}, seed {stats['seed']})"
+    split_note += f" (patient-level 70/10/20, split seed {stats['split_seed']})"
+  target = ", ".join(f"{name} {d['target_images']:,} images / {d['target_patients']:,} patients"
+                     for name, d in stats["target_by_split"].items())
   out = [f"NIH ChestX-ray14 label file: {stats['label_file']}", f"Split: {split_note}",
+         f"Target {stats['target']}: {target}",
          "Positives per class (prevalence = positives / images of that column).", "",
          line("", parts), line("", ["-" * w for w in widths])]
   for i, (label, cells) in enumerate(rows):
@@ -98,6 +100,7 @@ def format_table(stats):
 
 def main(argv):
   cli.start(argv, logs=False)
+  config_check.check(FLAGS.config)
   with cli.user_errors("jaxcxr.stats", nih.DataError):
     stats = compute(FLAGS.config, _data_dir(FLAGS.config))
   print(json.dumps(stats, indent=2) if FLAGS.json else format_table(stats))

@@ -16,6 +16,7 @@ import jax
 from ml_collections import config_flags
 
 from jaxcxr import cli
+from jaxcxr import config_check
 from jaxcxr import study_runner
 
 FLAGS = flags.FLAGS
@@ -36,6 +37,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   cli.start(argv)
+  config_check.check(FLAGS.config)
   workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
   os.makedirs(workdir, exist_ok=True)
   if not jax.config.jax_compilation_cache_dir:

@@ -9,8 +9,8 @@ The library behind `python -m jaxcxr.study` (jaxcxr/study.py holds its flags):
 The config string names no arm (its modifiers, e.g. `quick`, are kept); the study adds each arm of
 `jaxcxr/arms.py` in turn (or those of --arms) and trains it, in this process and one after another, in
 WORKDIR/<arm>/seed<s>/ with config.seed = s (s = config.seed, config.seed + 1, ...; the data, including
-the phantom's generator seed, stay the same for every run; with data.split='official' only the
-validation carve-out follows the seed). --config.FIELD=VALUE overrides apply to every run. A rerun skips
+the phantom's generator seed, stay the same for every run, and so do the splits, which follow
+data.split_seed only). --config.FIELD=VALUE overrides apply to every run. A rerun skips
 runs whose final report exists (WORKDIR/<arm>/seed<s>/report/report.json, or smote/report.json for SMOTE
 arms) and resumes unfinished ones from their checkpoints.
 
@@ -53,6 +53,7 @@ from jaxcxr import experiment
 from jaxcxr import head_stages
 from jaxcxr import model_context
 from jaxcxr import reports
+from jaxcxr import runfolder
 from jaxcxr.data import datasets
 from jaxcxr.data import nih
 
@@ -164,24 +165,14 @@ def plan_runs(make_config: Callable[[str], ml_collections.ConfigDict], *, arms: 
   return runs
 
 
-def _flatten(tree, prefix=""):
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
 def config_differences(run: Run) -> List[str]:
   """Fields where the run's saved WORKDIR/config.json differs from the config the study would use now."""
   path = os.path.join(run.workdir, "config.json")
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    saved = _flatten(json.load(f))
-  now = _flatten(json.loads(run.config.to_json_best_effort()))
+    saved = runfolder.flatten(json.load(f))
+  now = runfolder.flatten(json.loads(run.config.to_json_best_effort()))
   return [f"{k}: {saved[k]!r} then, {now[k]!r} now" for k in sorted(saved.keys() & now.keys())
           if saved[k] != now[k]]
 
@@ -232,7 +223,7 @@ class _SplitCache:
     self._splits = {}
 
   def get(self, config):
-    key = json.dumps(_flatten(json.loads(config.data.to_json_best_effort())), sort_keys=True) + f"|{config.seed}"
+    key = json.dumps(runfolder.flatten(json.loads(config.data.to_json_best_effort())), sort_keys=True) + f"|{config.seed}"
     if key not in self._splits:
       self._splits[key] = datasets.load_splits(config)
     return self._splits[key]
@@ -250,8 +241,9 @@ def load_test_scores(run: Run, report: dict, *, splits_cache: _SplitCache) -> Op
   cache = os.path.join(run.workdir, "study", SCORES_FILE)
   if os.path.exists(cache):
     with np.load(cache) as z:
-      return {k: z[k] for k in ("scores", "labels", "patients")}
+      return {k: z[k] for k in z.files}
   saved = os.path.join(experiment.report_dir(run.config, run.workdir), reports.SCORES_FILE)
+  validation = {}
   if not os.path.exists(saved) and head_stages.is_smote(run.config):
     return None
   splits = splits_cache.get(run.config)
@@ -259,6 +251,8 @@ def load_test_scores(run: Run, report: dict, *, splits_cache: _SplitCache) -> Op
   if os.path.exists(saved):
     with np.load(saved) as z:
       scores = np.asarray(z["scores"], np.float64)
+      if "val_scores" in z.files:
+        validation = {k: z[k] for k in ("val_labels", "val_scores", "val_patients")}
   else:
     scores = predict_test(run, int(report["checkpoint_step"]), splits=splits)
   if scores.shape != test.meta.labels.shape:
@@ -270,19 +264,26 @@ def load_test_scores(run: Run, report: dict, *, splits_cache: _SplitCache) -> Op
   if (auroc is None) != (reported is None) or (auroc is not None and abs(auroc - reported) > 1e-3):
     raise StudyError(f"{run.name}: the test scores give {report['target']} AUROC {auroc}, the report "
                      f"{reported}; delete {run.workdir}/study/ and the report to redo the run.")
-  out = {"scores": scores, "labels": np.asarray(test.meta.labels), "patients": np.asarray(test.meta.patients)}
+  out = {"scores": scores, "labels": np.asarray(test.meta.labels), "patients": np.asarray(test.meta.patients),
+         **validation}
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     np.savez_compressed(cache, **out)
   return out
 
 
-def run_bootstrap(*, labels, scores, patients, thresholds, target: str, num_samples: int,
-                  seed: int = 0) -> np.ndarray:
+THRESHOLDED = ("recall", "precision", "f1")
+
+
+def run_bootstrap(*, labels, scores, patients, thresholds, target: str, num_samples: int, seed: int = 0,
+                  validation: Optional[dict] = None, rule: str = "max_f1", target_recall: float = 0.9) -> np.ndarray:
   """(len(METRICS), num_samples) patient-bootstrap values of the study's metrics for one run.
 
-  Recall, precision and F1 at the run's fixed (validation) threshold; the macro AUROC of a sample is
-  the mean over the classes where it is defined on that sample. NaN where undefined.
+  Recall, precision and F1: with `validation` ({'val_labels', 'val_scores', 'val_patients'}), a joint
+  bootstrap that resamples validation patients too and re-chooses the threshold (`rule`) on each resample,
+  so the interval carries the threshold's uncertainty; without it, at the run's fixed validation threshold.
+  The test resamples are the same either way (and for every run with this seed). The macro AUROC of a
+  sample is the mean over the classes where it is defined on that sample. NaN where undefined.
   """
   labels, scores = np.asarray(labels), np.asarray(scores)
   t = nih.CLASSES.index(target)
@@ -290,10 +291,34 @@ def run_bootstrap(*, labels, scores, patients, thresholds, target: str, num_samp
           for m in TARGET_METRICS]
   jobs += [(bootstrap.AUROC, labels[:, c], scores[:, c]) for c in range(labels.shape[1])]
   values = bootstrap.bootstrap_values(jobs, groups=patients, num_samples=num_samples, seed=seed)
+  if validation is not None:
+    joint, _ = bootstrap.joint_threshold_values(
+        val_labels=np.asarray(validation["val_labels"])[:, t:t + 1],
+        val_scores=np.asarray(validation["val_scores"])[:, t:t + 1], val_patients=validation["val_patients"],
+        test_labels=labels[:, t:t + 1], test_scores=scores[:, t:t + 1], test_patients=patients, rule=rule,
+        target_recall=target_recall, metrics=THRESHOLDED, num_samples=num_samples, seed=seed)
+    for i, m in enumerate(THRESHOLDED):
+      values[TARGET_METRICS.index(m)] = joint[i, 0]
   per_class = values[len(TARGET_METRICS):]
   defined = np.isfinite(per_class)
   macro = np.where(defined.any(0), np.nansum(per_class, 0) / np.maximum(defined.sum(0), 1), np.nan)
   return np.concatenate([values[:len(TARGET_METRICS)], macro[None]], 0)
+
+
+def choose_arm(summary: dict) -> Optional[str]:
+  """The arm with the highest mean over seeds of the target's validation AUPRC (validation chooses; test
+  is only reported). None when no arm has it."""
+  scored = {arm: s["val_auprc"]["mean"] for arm, s in summary.items() if s["val_auprc"]["mean"] is not None}
+  return max(scored, key=scored.get) if scored else None
+
+
+def data_description(report: dict, config) -> str:
+  """What the study ran on, in words: the phantom (synthetic) or NIH ChestX-ray14, and the split."""
+  source = config.data.source
+  name = {"phantom": "the built-in synthetic phantom (claims from it hold for the phantom only)",
+          "nih": "NIH ChestX-ray14", "chestmnist": "MedMNIST's ChestMNIST (NIH images, no patient ids)"}.get(
+              source, source)
+  return f"{name}, split {report['split']} (data.split_seed {report.get('split_seed', 0)})"
 
 
 # ----------------------------------------------------------------------------
@@ -349,6 +374,8 @@ def summarize_arm(reports: Sequence[dict], *, boot: Optional[Sequence[np.ndarray
       if ci is not None:
         entry["ci"], entry["ci_source"] = [float(ci[0]), float(ci[1])], "report"
     out[m] = entry
+  val = [r.get("validation", {}).get("target_auprc") for r in reports]
+  out["val_auprc"] = {**spread(val), "values": val, "ci": None, "ci_source": None}
   return out
 
 
@@ -403,27 +430,39 @@ def markdown(summary: dict, info: dict, runs_table: List[dict]) -> str:
   lines = [
       f"# Imbalance study: {target}", "",
       f"`{info['command']}`", "",
+      f"- Data: {info.get('data', '?')}.",
+      f"- **Chosen on validation: `{info.get('chosen_arm') or 'none (no arm has a validation AUPRC)'}`** (the "
+      f"highest mean over seeds of the {target} validation AUPRC, column 'val AUPRC'). Test numbers below are "
+      "reported, never used to choose an arm, a checkpoint or a threshold.",
       f"- Test split `{info['split']}`: {info['num_images']} images, {info['num_patients']} patients, "
       f"**{info['n_pos']} {target} positives** (prevalence {_f(info['prevalence'], '.4f')}: the AUPRC of "
       "a random scorer).",
       f"- Seeds per arm: {', '.join(map(str, seeds))} (config.seed = {', '.join(map(str, info['all_seeds']))}); "
-      "the data are the same for every run.",
+      "the data and the splits are the same for every run"
+      + (" (one seed: no seed spread; run --seeds=3 or more before drawing conclusions)." if seeds == [1] else "."),
       f"- Recall, precision and F1 at the threshold chosen on validation ({info['threshold_rule']}); "
       "AUROC and AUPRC are threshold-free; macro AUROC is the mean over the 14 classes.",
       f"- Cells: mean over seeds ±standard deviation over seeds [{level}% interval]. The interval is a "
       f"patient bootstrap of the test set ({info['bootstrap_samples']} samples, every seed scored on the "
       "same resamples, the metric averaged over seeds per resample): it shows how much the number would "
-      "move on another test set of this size; the ± shows how much it moves between training seeds.",
+      "move on another test set of this size; the ± shows how much it moves between training seeds. For "
+      "recall, precision and F1 the validation patients are resampled too and the threshold re-chosen on "
+      "each resample, so their intervals include the threshold's uncertainty.",
       "- Accuracy is not shown: predicting 'no " + target + "' for everyone scores "
       f"{_f(1 - info['prevalence'], '.3f') if info['prevalence'] is not None else 'n/a'}.",
   ]
   if info.get("notes"):
     lines += [f"- {n}" for n in info["notes"]]
-  lines += ["", "| arm | " + " | ".join(f"{target} {LABELS[m]}" if m in TARGET_METRICS else LABELS[m]
-                                        for m in METRICS) + " |",
-            "|:--|" + "--:|" * len(METRICS)]
+  lines += ["", "| arm | val AUPRC | " + " | ".join(f"{target} {LABELS[m]}" if m in TARGET_METRICS else LABELS[m]
+                                                    for m in METRICS) + " |",
+            "|:--|--:|" + "--:|" * len(METRICS)]
   for arm, s in summary.items():
-    lines.append(f"| {arm} | " + " | ".join(format_cell(s[m]) for m in METRICS) + " |")
+    name = f"**{arm}** (chosen)" if arm == info.get("chosen_arm") else arm
+    lines.append(f"| {name} | {format_cell(s['val_auprc'])} | " + " | ".join(format_cell(s[m]) for m in METRICS)
+                 + " |")
+  for row in info.get("controls") or []:
+    lines.append(f"| control: {row['name']} | n/a | " + " | ".join(
+        _f(row.get(m)) if row.get(m) is not None else "n/a" for m in METRICS) + " |")
   lines += ["", "## Runs", "", "| arm | seed | checkpoint step | threshold | " +
             " | ".join(LABELS[m] for m in METRICS) + " |", "|:--|--:|--:|--:|" + "--:|" * len(METRICS)]
   for r in runs_table:
@@ -506,7 +545,7 @@ def run_study(make_config: Callable[[str], ml_collections.ConfigDict], workdir: 
   print(f"Scoring {len(runs)} runs on test" + (f" with {bootstrap_samples} patient-bootstrap samples"
                                              if bootstrap_samples else "") + "...", file=out, flush=True)
   splits_cache = _SplitCache()
-  reports, boots, notes, runs_table = {}, {}, [], []
+  arm_reports, boots, notes, runs_table = {}, {}, [], []
   first = None
   for run in runs:
     report = _load_report(run)
@@ -522,17 +561,27 @@ def run_study(make_config: Callable[[str], ml_collections.ConfigDict], workdir: 
                      "its arm shows the report's own intervals or none.")
       else:
         thresholds = [report["classes"][c]["threshold"] for c in nih.CLASSES]
+        validation = ({k: data[k] for k in ("val_labels", "val_scores", "val_patients")}
+                      if "val_scores" in data else None)
+        if validation is None:
+          notes.append(f"{run.name}: no saved validation scores; its recall, precision and F1 intervals hold the "
+                       "threshold fixed.")
         boot = run_bootstrap(labels=data["labels"], scores=data["scores"], patients=data["patients"],
                              thresholds=thresholds, target=report["target"], num_samples=bootstrap_samples,
-                             seed=bootstrap_seed)
-    reports.setdefault(run.arm, []).append(report)
+                             seed=bootstrap_seed, validation=validation,
+                             rule=report.get("threshold_rule", "max_f1"),
+                             target_recall=report.get("target_recall", 0.9))
+    arm_reports.setdefault(run.arm, []).append(report)
     boots.setdefault(run.arm, []).append(boot)
     t = report["classes"][report["target"]]
     runs_table.append({"arm": run.arm, "seed": run.seed, "checkpoint_step": report.get("checkpoint_step"),
                        "threshold": t.get("threshold"), **run_values(report), "workdir": run.workdir})
+    if report.get("validation", {}).get("target_auprc") is None:
+      notes.append(f"{run.name}: its report has no validation AUPRC of the target; it cannot be chosen.")
 
-  summary = {arm: summarize_arm(reports[arm], boot=boots[arm] if bootstrap_samples else None, alpha=alpha)
+  summary = {arm: summarize_arm(arm_reports[arm], boot=boots[arm] if bootstrap_samples else None, alpha=alpha)
              for arm in arms}
+  chosen = choose_arm(summary)
   target = first["classes"][first["target"]]
   num_images = first.get("num_images", target.get("n"))
   n_pos = target.get("n_pos")
@@ -543,7 +592,8 @@ def run_study(make_config: Callable[[str], ml_collections.ConfigDict], workdir: 
       "prevalence": (n_pos / num_images) if n_pos is not None and num_images else None,
       "threshold_rule": first.get("threshold_rule", "?"), "bootstrap_samples": bootstrap_samples,
       "confidence": 1.0 - alpha, "seeds": {arm: [r.seed for r in runs if r.arm == arm] for arm in arms},
-      "all_seeds": sorted({r.seed for r in runs}), "notes": notes,
+      "all_seeds": sorted({r.seed for r in runs}), "notes": notes, "chosen_arm": chosen,
+      "data": data_description(first, runs[0].config),
   }
   if jax.process_index() == 0:
     _write_csv(os.path.join(workdir, "study.csv"), csv_rows(summary, info))

@@ -9,6 +9,8 @@ test report, embeddings, new heads) is composed in experiment.py from the model 
 
 import functools
 import os
+import signal
+import threading
 from typing import Any
 
 from absl import logging
@@ -38,7 +40,8 @@ from jaxcxr.models import weights
 
 
 class NonFiniteLossError(errors.UserError, RuntimeError):
-  """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+  """The loss, a gradient or a parameter became NaN or infinite; the message names the step and the last
+  good checkpoint (or says that none was written yet)."""
 
 
 class TrainState(train_state.TrainState):
@@ -152,11 +155,13 @@ def train_step(state, batch, *, loss_fn, augment_fn=None, augment_seed=0):
   def compute_loss(params):
     (logits, _), updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images,
                                           train=True, mutable=["batch_stats"])
-    return loss_fn(logits, batch["labels"]).mean(), updates["batch_stats"]
+    return loss_fn(logits, batch["labels"], state.step).mean(), updates["batch_stats"]
 
   (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  return state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+  # The norms are finite only if every gradient and every new parameter is: the loop checks them (with
+  # the loss) before any checkpoint is written, so a non-finite state is never saved.
+  return state, {"loss": loss, "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(state.params)}
 
 
 def jit_steps(mesh, loss_fn, model, *, augment_fn=None, augment_seed=0):
@@ -207,6 +212,7 @@ def shard_map_steps(mesh, loss_fn, model, *, augment_fn=None, augment_seed=0):
     metrics = jax.lax.pmean(metrics, "data")
     # The norm of the averaged gradients (traced in this same step), not the mean of per-device norms.
     metrics["grad_norm"] = synced["grad_norm"]
+    metrics["param_norm"] = optax.tree.norm(state.params)
     return state.replace(tx=tx), metrics
 
   def per_device_eval(variables, images):
@@ -248,7 +254,8 @@ class Trainer:
     self.ctx = model_context.ModelContext(config, workdir, devices=devices, prevalence=self.prevalence,
                                           splits=splits)
     self.mesh, self.replicated, self.model = self.ctx.mesh, self.ctx.replicated, self.ctx.model
-    loss_fn = losses.get_loss_fn(config.loss, num_pos=self.num_pos, num_total=num_total)
+    loss_fn = losses.get_loss_fn(config.loss, num_pos=self.num_pos, num_total=num_total,
+                                 num_steps=config.train.num_steps)
     _, self.schedule = create_optimizer(config)
     init = jax.jit(functools.partial(create_train_state, config, self.model, image_size=config.data.image_size),
                    out_shardings=self.replicated)
@@ -292,12 +299,12 @@ class Trainer:
     res = metrics_lib.evaluate_scores(labels=labels, scores=probs, classes=nih.CLASSES,
                                       thresholds=np.full(len(nih.CLASSES), 0.5))
     tgt = res["classes"][self.config.data.target]
-    auprc = tgt["auprc"] if tgt["auprc"] is not None else res["macro"]["auprc"]
     p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
     val_loss = -np.mean(labels * np.log(p) + (1 - labels) * np.log1p(-p))  # Plain BCE, every class.
-    return {runfolder.BEST_METRIC: auprc, "val_target_auroc": tgt["auroc"],
+    # The target's AUPRC never stands in for the macro one or the reverse; RANK_KEY names the one that ranks.
+    return {"val_target_auprc": tgt["auprc"], "val_target_auroc": tgt["auroc"],
             "val_macro_auroc": res["macro"]["auroc"], "val_macro_auprc": res["macro"]["auprc"],
-            "val_loss": float(val_loss)}
+            "val_loss": float(val_loss), runfolder.RANK_KEY: runfolder.rank_metric(self.config)}
 
   def checkpoint_args(self, state, data_iter):
     return ocp.args.Composite(state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter))
@@ -318,6 +325,34 @@ def _log_start(config):
   logging.info("Config:\n%s", config)
 
 
+_NAMES = {"loss": "the loss", "grad_norm": "the gradient norm", "param_norm": "the parameter norm"}
+
+
+def non_finite_message(step, values, last_checkpoint, directory) -> str:
+  """The one line that stops a run whose loss, gradients or parameters went non-finite at `step`."""
+  what = ", ".join(f"{_NAMES[k]} is {v}" for k, v in values.items())
+  where = (f"The last good checkpoint (step {last_checkpoint}) in {directory} is intact; nothing non-finite "
+           "was saved." if last_checkpoint is not None else
+           f"No checkpoint had been written yet: nothing was saved in {directory}.")
+  return (f"At step {step} {what}; training stopped before saving. {where} Try a lower train.learning_rate "
+          "or a smaller loss.pos_weight_max.")
+
+
+def check_validation(config, splits) -> dict:
+  """Logs what each split holds of the target; with train.rank_by='target', a validation split without a
+  target positive stops the run here, before any training (checkpoints could not be ranked by it)."""
+  described = nih.describe_split({k: v.meta for k, v in splits.items()}, target=config.data.target)
+  for name, d in described.items():
+    logging.info("%s: %d images, %d patients, %d %s images from %d patients.", name, d["images"], d["patients"],
+                 d["target_images"], config.data.target, d["target_patients"])
+  if runfolder.rank_metric(config) == runfolder.RANK_METRICS["target"] and not described["val"]["target_images"]:
+    raise errors.ConfigError(
+        f"The validation split holds no {config.data.target} image, so checkpoints cannot be ranked by its "
+        f"validation AUPRC. Use a larger data.val_fraction or another data.split_seed, or rank by the macro "
+        "AUPRC with --config.train.rank_by=macro.")
+  return described
+
+
 def load_data(config):
   """The splits of `config.data`: process 0 generates or prepares them once, the others wait, then read."""
   if jax.process_index() == 0:
@@ -328,17 +363,82 @@ def load_data(config):
   return splits
 
 
+class _StopRequest:
+  """SIGTERM (sent by SLURM, Kubernetes and Cloud TPU before preempting a job) or a first Ctrl-C asks the
+  loop to save a checkpoint at the current step and stop; a second Ctrl-C stops at once. With several
+  processes JAX's preemption sync point picks one step for all (jax.distributed handles SIGTERM there)."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+    self._handled = ()
+    if threading.current_thread() is threading.main_thread():
+      self._handled = (signal.SIGINT,) if jax.process_count() > 1 else (signal.SIGTERM, signal.SIGINT)
+      for sig in self._handled:
+        self._previous[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signal is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # The second Ctrl-C: stop now.
+    self.signal = signal.Signals(signum).name
+    logging.warning("%s received: saving a checkpoint at the current step, then stopping (Ctrl-C again to "
+                    "stop at once).", self.signal)
+
+  def reached(self, ckpt, step) -> bool:
+    if jax.process_count() > 1 and ckpt.reached_preemption(step):
+      self.signal = self.signal or "preemption notice"
+      return True
+    return self.signal is not None and jax.process_count() == 1
+
+  def restore(self):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def resume(trainer, ckpt, data_iter, workdir):
+  """(start step, state): from the newest checkpoint that restores. One that does not (a truncated or
+  missing file, a disk fault) is moved aside into checkpoints/corrupt/ with a warning naming its step, and
+  the next older one is tried; with none left, training starts from scratch only if none was ever readable."""
+  bad = []
+  while True:
+    step = ckpt.latest_step()
+    if not step:
+      if bad:
+        raise runfolder.RunFolderError(
+            f"No checkpoint in {ckpt.directory} restores (steps {', '.join(map(str, bad))} moved aside to "
+            f"{os.path.join(ckpt.directory, runfolder.CORRUPT)}); rerun to start over, or use a new --workdir.")
+      return 0, trainer.state
+    try:
+      state = trainer.restore(ckpt, step, data_iter)
+      logging.info("Resuming from the checkpoint at step %d in %s.", step, ckpt.directory)
+      return step, state
+    except Exception as e:  # pylint: disable=broad-except  (any failure to read it means: not usable)
+      bad.append(step)
+      runfolder.quarantine(workdir, step, e)
+      runfolder.wait_for_all(f"jaxcxr_quarantine_{step}", timeout_s=600)
+      ckpt.reload()
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, splits=None) -> model_context.ModelContext:
   """Trains (resuming from the latest checkpoint in `workdir` if any); returns the run's model context.
 
   The context holds the mesh, the model, the loaded splits and the run's checkpoints, so the stages that
   follow (the test report, embeddings, heads) restore and predict without loading anything again.
+
+  Raises:
+    errors.Preempted: a stop was requested (SIGTERM, Ctrl-C); a checkpoint at the current step was saved.
+    NonFiniteLossError: the loss, a gradient or a parameter became non-finite (nothing non-finite saved).
+    runfolder.RunFolderError: the workdir holds a run with another config, or no checkpoint restores.
   """
   workdir = runfolder.path(workdir)
+  if runfolder.has_checkpoints(workdir):  # A rerun: the same run, or say what changed.
+    runfolder.check_resume(config, workdir)
   # Data first, so that missing data fails before anything else.
   splits = load_data(config) if splits is None else splits
   os.makedirs(workdir, exist_ok=True)
   _log_start(config)
+  check_validation(config, splits)
   runfolder.write_config(config, workdir)
   t = config.train
   train_labels = splits["train"].meta.labels
@@ -350,11 +450,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, splits=None) -> mo
                                       process_index=jax.process_index(), process_count=jax.process_count(),
                                       num_workers=config.data.num_workers,
                                       sampling=config.data.get("sampling"), target=config.data.target)
-  state = trainer.state
-  start = ckpt.latest_step() or 0
-  if start:
-    logging.info("Resuming from the checkpoint at step %d in %s.", start, ckpt.directory)
-    state = trainer.restore(ckpt, start, data_iter)
+  start, state = resume(trainer, ckpt, data_iter, workdir)
   writer = writers.MetricWriter(workdir, resume_step=start)
   is_main = jax.process_index() == 0
   bar = tqdm.tqdm(total=t.num_steps, initial=start, desc="train", unit="step", disable=not is_main,
@@ -362,20 +458,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, splits=None) -> mo
   pending = []  # Device-side step metrics not yet fetched to the host.
 
   def flush(step):
-    """Fetches pending metrics, stops on a non-finite loss, logs means."""
+    """Fetches pending metrics, stops on a non-finite loss, gradient or parameter, logs means."""
     if not pending:
       return
     fetched = model_context.to_host([m for _, m in pending])
     lr_scale = float(model_context.to_host(trainer.learning_rate_scale(state)))
     losses_ = np.asarray([m["loss"] for m in fetched])
-    bad = np.flatnonzero(~np.isfinite(losses_))
-    if bad.size:
-      bad_step = pending[bad[0]][0]
-      ckpt.wait_until_finished()
-      raise NonFiniteLossError(
-          f"The loss is {losses_[bad[0]]} at step {bad_step}; training stopped. The last good checkpoint "
-          f"(step {ckpt.latest_step()}) in {ckpt.directory} is intact. Try a lower "
-          f"train.learning_rate or a smaller loss.pos_weight_max.")
+    for i, m in enumerate(fetched):
+      bad = [k for k in ("loss", "grad_norm", "param_norm") if k in m and not np.isfinite(m[k])]
+      if bad:
+        ckpt.wait_until_finished()
+        raise NonFiniteLossError(non_finite_message(pending[i][0], {k: float(m[k]) for k in bad},
+                                                    ckpt.latest_step(), ckpt.directory))
     scalars = {"train_loss": float(losses_.mean()),
                "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
                "learning_rate": float(trainer.schedule(step)) * lr_scale}
@@ -384,6 +478,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, splits=None) -> mo
     writer.write(step, scalars)
     bar.set_postfix(loss=f"{scalars['train_loss']:.4f}")
 
+  stop = _StopRequest()
+  stopped_at = None
   try:
     # One batch ahead on the device: batch k + 1 is read and sent while step k runs. On steps that save the
     # data iterator's position it is read after the save, so a resumed run sees the same batches.
@@ -392,10 +488,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, splits=None) -> mo
       state, step_metrics = trainer.train_step(state, batch)
       pending.append((step, step_metrics))
       last = step == t.num_steps
-      saves = last or step % t.eval_every == 0 or step % t.checkpoint_every == 0
+      preempted = not last and stop.reached(ckpt, step)
+      saves = last or preempted or step % t.eval_every == 0 or step % t.checkpoint_every == 0
       if not saves:
         batch = trainer.ctx.global_batch(next(data_iter))
-      if step % t.log_every == 0 or last:
+      if step % t.log_every == 0 or last or preempted:
         flush(step)
       ckpt_metrics = None
       if step % t.eval_every == 0 or last:
@@ -403,19 +500,28 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, splits=None) -> mo
         ckpt_metrics = trainer.validate(state)
         if t.schedule == "plateau":
           state = trainer.observe_validation_loss(state, ckpt_metrics["val_loss"])
-        writer.write(step, ckpt_metrics)
+        writer.write(step, {k: v for k, v in ckpt_metrics.items() if k != runfolder.RANK_KEY})
         logging.info("step %d: %s", step, ckpt_metrics)
-      if ckpt_metrics is not None or step % t.checkpoint_every == 0:
+      if ckpt_metrics is not None or step % t.checkpoint_every == 0 or preempted:
         flush(step)
-        ckpt.save(step, args=trainer.checkpoint_args(state, data_iter), metrics=ckpt_metrics)
+        ckpt.save(step, args=trainer.checkpoint_args(state, data_iter), metrics=ckpt_metrics,
+                  force=preempted)
+      if preempted:
+        stopped_at = step
+        break
       if saves and not last:
         batch = trainer.ctx.global_batch(next(data_iter))
-  finally:  # Every pending save is complete before any exit, an error's too.
+  finally:  # Every pending save is complete before any exit, an error's or a signal's too.
     ckpt.wait_until_finished()
+    stop.restore()
   bar.close()
-  ckpt.wait_until_finished()
   if hasattr(data_iter, "close"):  # Stops Grain's workers and frees their read-ahead now, not at exit.
     data_iter.close()
   writer.close()
   ckpt.close()
+  if stopped_at is not None:
+    raise errors.Preempted(
+        f"Stopped by {stop.signal} at step {stopped_at} of {t.num_steps}; the checkpoint of that step is "
+        f"saved in {ckpt.directory}. Rerun the same command to resume from it (exit code "
+        f"{errors.Preempted.exit_code} means: stopped on request, resumable).")
   return trainer.ctx

@@ -23,5 +23,5 @@ def tiny_data_dir(tmp_path_factory):
   from jaxcxr.data import phantom  # pylint: disable=g-import-not-at-top
   d = str(tmp_path_factory.mktemp("phantom"))
   phantom.ensure(d, num_images=TINY["num_images"], image_size=TINY["image_size"], seed=0,
-                 prevalence={"Hernia": 0.05}, progress=False)
+                 prevalence={"Hernia": TINY["hernia_prevalence"]}, progress=False)
   return d

@@ -2,11 +2,13 @@
 
 from configs import demo
 
-TINY = dict(num_images=400, image_size=32)
+# Hernia at 20% of the tiny set, so that train, validation and test all hold Hernia-positive patients (19, 2
+# and 6 of them; tests/test_nih.py checks it) and the target's paths run on real positives, not fallbacks.
+TINY = dict(num_images=400, image_size=32, hernia_prevalence=0.2)
 # The demo config shrunk to seconds: tiny model and data, a few steps (dotted field -> value).
 TINY_OVERRIDES = {
     "data.image_size": TINY["image_size"], "data.phantom.num_images": TINY["num_images"],
-    "data.phantom.hernia_prevalence": 0.05, "model.name": "resnet_tiny", "train.batch_size": 16,
+    "data.phantom.hernia_prevalence": TINY["hernia_prevalence"], "model.name": "resnet_tiny", "train.batch_size": 16,
     "train.eval_batch_size": 64, "train.num_steps": 8, "train.eval_every": 4, "train.checkpoint_every": 2,
     "train.log_every": 2, "train.warmup_steps": 2,
 }

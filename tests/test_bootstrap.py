@@ -8,6 +8,7 @@ from sklearn import metrics as skm
 
 from jaxcxr import bootstrap
 from jaxcxr import calibration
+from jaxcxr import metrics
 
 
 def _synthetic(n, *, prevalence=0.2, separation=1.0, seed=0):
@@ -176,6 +177,88 @@ def test_bootstrap_is_fast_on_nih_sized_data():
                                         num_samples=1000)
     elapsed = time.perf_counter() - start
     assert ci is not None and elapsed < 5.0, (metric, elapsed)
+
+
+# ----------------------------------------------------------------------------
+# Joint bootstrap of validation and test (threshold re-chosen per resample).
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule", metrics.THRESHOLD_RULES)
+def test_weighted_threshold_choice_equals_choose_threshold_on_the_resampled_data(rule):
+  rng = np.random.default_rng(11)
+  n = 60
+  y = rng.random(n) < 0.25
+  s = np.round(rng.normal(size=n) + y, 1)  # Rounded: many tied scores.
+  counts = rng.poisson(1.0, size=(40, n))  # Whole-number weights, zeros included.
+  counts[0] = 0
+  counts[0, ~y] = 1  # A row without positives.
+  counts[1] = 0
+  counts[1, y] = 2  # A row without negatives.
+  got = bootstrap.choose_thresholds_weighted(labels=y, scores=s, weights=counts, rule=rule, target_recall=0.8)
+  for b, c in enumerate(counts):
+    idx = np.repeat(np.arange(n), c)
+    want = metrics.choose_threshold(labels=y[idx], scores=s[idx], rule=rule, target_recall=0.8)
+    assert got[b] == want, (b, got[b], want)
+
+
+def _val_test(*, val_pos, seed=0):
+  """Two classes; validation holds `val_pos` positive patients of class 0, test many."""
+  rng = np.random.default_rng(seed)
+  def part(n_patients, pos_patients):
+    patients = np.repeat(np.arange(n_patients), 2)
+    y = np.zeros((2 * n_patients, 2), np.uint8)
+    y[:2 * pos_patients:2, 0] = 1  # One positive image in each of the first pos_patients patients.
+    y[:, 1] = rng.random(2 * n_patients) < 0.3
+    s = 1 / (1 + np.exp(-(rng.normal(size=y.shape) * 1.2 + 2.0 * y - 1.5)))
+    return y, s, patients
+  return part(150, val_pos), part(600, 60)
+
+
+def test_joint_recall_interval_at_least_as_wide_as_fixed_with_few_validation_positives():
+  (vy, vs, vp), (ty, ts, tp) = _val_test(val_pos=4)
+  kw = dict(val_labels=vy, val_scores=vs, val_patients=vp, test_labels=ty, test_scores=ts, test_patients=tp,
+            classes=["rare", "common"], num_samples=400, seed=3)
+  joint = bootstrap.joint_threshold_intervals(**kw)
+  thresholds = metrics.select_thresholds(labels=vy, scores=vs)
+  fixed = bootstrap.class_intervals(labels=ty, scores=ts, patients=tp, thresholds=thresholds,
+                                    classes=["rare", "common"], metrics=("recall",), num_samples=400, seed=3)
+  width = lambda ci: ci[1] - ci[0]
+  assert width(joint["rare"]["recall"]) >= width(fixed["rare"]["recall"])
+  assert width(joint["rare"]["recall"]) > 1.5 * width(fixed["rare"]["recall"])  # Four positives: very uncertain.
+  low, high = joint["rare"]["threshold"]
+  assert low < thresholds[0] < high or low <= thresholds[0] <= high and low < high
+
+
+def test_joint_with_validation_fixed_reproduces_the_fixed_threshold_path():
+  (vy, vs, vp), (ty, ts, tp) = _val_test(val_pos=10, seed=1)
+  for rule in ("max_f1", "target_recall"):
+    joint = bootstrap.joint_threshold_intervals(
+        val_labels=vy, val_scores=vs, val_patients=vp, test_labels=ty, test_scores=ts, test_patients=tp,
+        classes=["a", "b"], rule=rule, metrics=("recall", "precision", "f1"), num_samples=300, seed=5,
+        resample_validation=False)
+    thresholds = metrics.select_thresholds(labels=vy, scores=vs, rule=rule)
+    fixed = bootstrap.class_intervals(labels=ty, scores=ts, patients=tp, thresholds=thresholds, classes=["a", "b"],
+                                      metrics=("recall", "precision", "f1"), num_samples=300, seed=5)
+    for c in ("a", "b"):
+      for m in ("recall", "precision", "f1"):
+        assert joint[c][m] == fixed[c][m], (rule, c, m)
+      assert joint[c]["threshold"] == (thresholds[("a", "b").index(c)],) * 2
+
+
+def test_joint_bootstrap_is_fast_on_demo_sized_splits():
+  # The demo's phantom test split holds about 4,600 images, its validation about 1,500; 14 classes.
+  rng = np.random.default_rng(9)
+  def part(n, n_patients):
+    y = rng.random((n, 14)) < 0.05
+    return y, rng.normal(size=(n, 14)) + y, np.sort(rng.integers(0, n_patients, n))
+  (vy, vs, vp), (ty, ts, tp) = part(1_500, 500), part(4_600, 1_500)
+  start = time.perf_counter()
+  values, chosen = bootstrap.joint_threshold_values(val_labels=vy, val_scores=vs, val_patients=vp, test_labels=ty,
+                                                    test_scores=ts, test_patients=tp, num_samples=1000)
+  elapsed = time.perf_counter() - start
+  assert values.shape == (3, 14, 1000) and chosen.shape == (14, 1000) and np.isfinite(values).all()
+  assert elapsed < 15.0, elapsed  # About 2.5 s on 2 busy cores.
 
 
 # ----------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def tiny():
     ("densenet169", 14_149_480, 1664, jnp.bfloat16),
 ])
 def test_trunk_parameter_count_matches_torchvision(name, torchvision_total, classifier_in, dtype):
-  logits, shapes = _init_shapes(models.get_model(name, num_classes=14, dtype=dtype))
+  (logits, _), shapes = _init_shapes(models.get_model(name, num_classes=14, dtype=dtype))
   params = shapes["params"]
   # torchvision's count less its 1000-class classifier and the two colour channels of the stem (2 * 64 * 7 * 7).
   trunk = sum(x.size for x in jax.tree.leaves(params)) - sum(x.size for x in jax.tree.leaves(params["head"]))
@@ -64,15 +64,16 @@ def test_trunk_parameter_count_matches_torchvision(name, torchvision_total, clas
 
 
 def test_features_of_a_registered_densenet():
-  feats, _ = _init_shapes(models.get_model("densenet121", num_classes=5), size=64, features=True)
+  (_, aux), _ = _init_shapes(models.get_model("densenet121", num_classes=5), size=64)
+  feats = aux["pre_logits"]
   assert feats.shape == (2, 1024) and feats.dtype == jnp.float32
 
 
 def test_logits_and_features(tiny):
   model, variables, x = tiny
-  logits = model.apply(variables, x, train=False)
+  logits, aux = model.apply(variables, x, train=False)
   assert logits.shape == (3, 14) and logits.dtype == jnp.float32
-  feats = model.apply(variables, x, train=False, features=True)
+  feats = aux["pre_logits"]
   # 8 stem channels + 2*4, halved to 8 by the transition, + 2*4 = 16.
   assert feats.shape == (3, 16) and feats.dtype == jnp.float32
   assert np.all(np.asarray(feats) >= 0)  # final BN -> ReLU -> mean
@@ -94,8 +95,8 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(tiny):
   model = TinyDenseNet(num_classes=14, dtype=jnp.bfloat16)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(shapes))
-  logits = model.apply(variables, x, train=False)
+  logits, aux = model.apply(variables, x, train=False)
   assert logits.dtype == jnp.float32
-  assert model.apply(variables, x, train=False, features=True).dtype == jnp.float32
-  np.testing.assert_allclose(logits, TinyDenseNet(num_classes=14).apply(variables, x, train=False),
+  assert aux["pre_logits"].dtype == jnp.float32
+  np.testing.assert_allclose(logits, TinyDenseNet(num_classes=14).apply(variables, x, train=False)[0],
                              rtol=0.1, atol=0.1)

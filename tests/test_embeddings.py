@@ -1,47 +1,53 @@
 """Embedding export: rows and ids per split, augmented target views (train only), files read without pickle."""
 
-import sys
-import types
-
 import jax
 import numpy as np
 import pytest
 
 from jaxcxr import embeddings as emb_lib
+from jaxcxr import model_context
 from jaxcxr import train
+from jaxcxr.data import datasets
+from jaxcxr.data import nih
 from tests.helpers import tiny_config
 
 
 def _stand_in_augment(key, images, labels):
-  """A deterministic stand-in for jaxcxr.data.augment: inverts the image, brighter for later views."""
+  """A deterministic stand-in for jaxcxr.data.augment: inverts the image and brightens it by an amount drawn
+  from each image's key (one key per image, or one for all)."""
   del labels
-  shift = jax.random.uniform(key, (), minval=0.0, maxval=20.0)
+  keys = key if jax.numpy.ndim(key) else key[None]
+  shift = jax.vmap(lambda k: jax.random.uniform(k, (), minval=0.0, maxval=20.0))(keys)
+  shift = shift.reshape(-1, *([1] * (images.ndim - 1)))
   return jax.numpy.clip(255.0 - images.astype(jax.numpy.float32) + shift, 0.0, 255.0)
 
 
 @pytest.fixture
 def fake_augment(monkeypatch):
-  """Installs a stand-in jaxcxr.data.augment whose make_augment_fn returns `_stand_in_augment`."""
-  module = types.ModuleType("jaxcxr.data.augment")
-  module.make_augment_fn = lambda config: _stand_in_augment
-  monkeypatch.setitem(sys.modules, "jaxcxr.data.augment", module)
-  import jaxcxr.data  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(jaxcxr.data, "augment", module, raising=False)
-  return module
+  """Makes jaxcxr.data.augment's make_augment_fn return `_stand_in_augment` for the embedding export."""
+  monkeypatch.setattr(emb_lib.augment, "make_augment_fn", lambda config: _stand_in_augment)
 
 
 @pytest.fixture(scope="module")
-def trainer(tiny_data_dir, tmp_path_factory):
-  """A Trainer of the tiny config with its freshly initialised state (no training needed here)."""
-  return train.Trainer(tiny_config(tiny_data_dir, arm="smote"), str(tmp_path_factory.mktemp("embed")))
+def model(tiny_data_dir):
+  """(model context, freshly initialised variables) of the tiny config (no training needed here)."""
+  config = tiny_config(tiny_data_dir, arm="smote")
+  splits = datasets.load_splits(config)
+  labels = splits["train"].meta.labels
+  trainer = train.Trainer(config, num_pos=labels.sum(0), num_total=len(labels), splits=splits)
+  return trainer.ctx, train.variables_of(trainer.state)
 
 
-def test_views_are_extra_training_rows_only(trainer, fake_augment, tmp_path):
+TARGET = nih.CLASSES.index("Hernia")
+
+
+def test_views_are_extra_training_rows_only(model, fake_augment, tmp_path):
   del fake_augment
+  ctx, variables = model
   views = 2
-  out = emb_lib.compute(trainer, trainer.state, views=views, seed=3, progress=False)
-  tr = trainer.splits["train"]
-  pos = np.flatnonzero(tr.meta.labels[:, trainer.target] > 0)
+  out = emb_lib.compute(ctx, variables, views=views, seed=3, progress=False)
+  tr = ctx.splits["train"]
+  pos = np.flatnonzero(tr.meta.labels[:, TARGET] > 0)
   assert pos.size > 0
   e = out["train"]
   n = len(tr)
@@ -53,16 +59,22 @@ def test_views_are_extra_training_rows_only(trainer, fake_augment, tmp_path):
   assert np.array_equal(e.labels[n:], np.concatenate([tr.meta.labels[pos]] * views))
   assert np.array_equal(e.patient_ids[n:], np.concatenate([tr.meta.patients[pos]] * views))
   for name in ("val", "test"):
-    assert len(out[name]) == len(trainer.splits[name]) and not out[name].is_view.any()
-    assert list(out[name].image_ids) == list(trainer.splits[name].meta.names)
-  # A view's features are the model's features of the stand-in's augmentation of the source image.
-  variables = {"params": trainer.state.params, "batch_stats": trainer.state.batch_stats}
+    assert len(out[name]) == len(ctx.splits[name]) and not out[name].is_view.any()
+    assert list(out[name].image_ids) == list(ctx.splits[name].meta.names)
+  # A view's features are the model's features of the stand-in's augmentation of the source image, with
+  # the key of that (image, view): the seed folded with the view, then with the image's row.
   image = np.asarray(tr.images[tr.rows[pos[0]]])[None, ..., None]
   for k in range(views):
-    key = jax.random.fold_in(jax.random.key(3), k)
-    want = trainer.model.apply(variables, train.normalize(_stand_in_augment(key, image, None)), train=False,
-                               features=True)
-    np.testing.assert_allclose(e.features[n + k * pos.size], np.asarray(want)[0], rtol=1e-4, atol=1e-5)
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(3), k), pos[0])
+    _, aux = ctx.model.apply(variables, model_context.normalize(_stand_in_augment(key, image, None)),
+                             train=False)
+    np.testing.assert_allclose(e.features[n + k * pos.size], np.asarray(aux["pre_logits"])[0], rtol=1e-4,
+                               atol=1e-5)
+  # Two images of one view draw different augmentations (one key per image, not per batch offset).
+  if pos.size > 1:
+    a = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(jax.random.key(3), 0), pos[0]), ())
+    b = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(jax.random.key(3), 0), pos[1]), ())
+    assert float(a) != float(b)
   assert not np.allclose(e.features[n], e.features[pos[0]])  # The view differs from its source image.
 
   # The files load without pickle and give back every field.
@@ -78,18 +90,20 @@ def test_views_are_extra_training_rows_only(trainer, fake_augment, tmp_path):
       assert np.array_equal(getattr(loaded[name], field), getattr(out[name], field)), (name, field)
 
 
-def test_plain_export_matches_the_models_predictions(trainer):
-  out = emb_lib.compute(trainer, trainer.state, views=0, progress=False)
-  probs = trainer.predict(trainer.state, trainer.splits["val"])
+def test_plain_export_matches_the_models_predictions(model):
+  ctx, variables = model
+  out = emb_lib.compute(ctx, variables, views=0, progress=False)
+  probs = ctx.predict_split(variables, ctx.splits["val"])
   np.testing.assert_allclose(out["val"].backbone_probs, probs, rtol=1e-5, atol=1e-6)
-  assert out["train"].features.shape[0] == len(trainer.splits["train"])
+  assert out["train"].features.shape[0] == len(ctx.splits["train"])
 
 
-def test_views_use_the_real_augmentation_even_when_training_does_not_augment(trainer):
-  assert not trainer.config.data.augment.enabled  # The smote arm trains its backbone on plain images.
-  out = emb_lib.compute(trainer, trainer.state, views=1, seed=0, progress=False)
-  tr = trainer.splits["train"]
-  pos = np.flatnonzero(tr.meta.labels[:, trainer.target] > 0)
+def test_views_use_the_real_augmentation_even_when_training_does_not_augment(model):
+  ctx, variables = model
+  assert not ctx.config.data.augment.enabled  # The smote arm trains its backbone on plain images.
+  out = emb_lib.compute(ctx, variables, views=1, seed=0, progress=False)
+  tr = ctx.splits["train"]
+  pos = np.flatnonzero(tr.meta.labels[:, TARGET] > 0)
   e = out["train"]
   assert e.is_view.sum() == pos.size
   # Target images are augmented with probability 0.9 at full strength: most views moved off their source.

@@ -275,7 +275,7 @@ def test_get_loss_fn_dispatch():
   counts = dict(num_pos=num_pos, num_total=num_total)
 
   def close(name, expected, **kw):
-    got = losses.get_loss_fn(_config(name=name, **kw), **counts)(x, y)
+    got = losses.get_loss_fn(_config(name=name, **kw), **counts)(x, y, jnp.int32(0))
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
 
   close("bce", losses.bce(logits=x, labels=y))
@@ -296,11 +296,202 @@ def test_get_loss_fn_dispatch():
   close("class_balanced", losses.class_balanced(
       logits=x, labels=y, pos_weight=wp, neg_weight=wn, gamma=0.5), beta=0.99, gamma=0.5)
   # bce and focal need no counts.
-  losses.get_loss_fn(_config(name="focal"))(x, y)
+  losses.get_loss_fn(_config(name="focal"))(x, y, jnp.int32(0))
 
 
 def test_get_loss_fn_errors():
-  with pytest.raises(ValueError, match="bce.*weighted_bce.*focal.*class_balanced"):
+  with pytest.raises(ValueError, match="bce.*weighted_bce.*focal.*class_balanced.*asl.*ldam.*logit_adjusted"):
     losses.get_loss_fn(_config(name="hinge"), num_pos=[1] * C, num_total=10)
   with pytest.raises(ValueError, match="num_pos"):
     losses.get_loss_fn(_config(name="weighted_bce"))
+
+
+# ----------------------------------------------------------------------------
+# The long-tail losses: asl, ldam (with deferred re-weighting), logit_adjusted.
+# Their references take log σ(z) = -logaddexp(0, -z) in float64 (exact for any z, where 1 / (1 + exp(-z))
+# would round to 0 or 1 at |z| = 50), and otherwise follow the formulas literally. Tolerances are tighter
+# than VAL_TOL / GRAD_TOL: float32 agrees with the float64 references to 1e-5 in value and gradient.
+# ----------------------------------------------------------------------------
+
+LT_TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def _log_sigmoid(z):
+  return -np.logaddexp(0.0, -z)
+
+
+def ref_asl(x, y, gamma_pos, gamma_neg, clip):
+  p = np.exp(_log_sigmoid(x))
+  pos = (1 - p) ** gamma_pos * _log_sigmoid(x)
+  if clip > 0:
+    p_m = np.maximum(p - clip, 0.0)
+    neg = p_m ** gamma_neg * np.log(1 - p_m)
+  else:  # 1 - p = σ(-x), exactly.
+    neg = p ** gamma_neg * _log_sigmoid(-x)
+  return -(y * pos + (1 - y) * neg)
+
+
+def ref_ldam(x, y, margins, scale, wp=1.0, wn=1.0):
+  z = scale * (x - margins * y)
+  return -(wp * y * _log_sigmoid(z) + wn * (1 - y) * _log_sigmoid(-z))
+
+
+def ref_logit_adjusted(x, y, log_prior_odds, tau):
+  z = x + tau * log_prior_odds
+  return -(y * _log_sigmoid(z) + (1 - y) * _log_sigmoid(-z))
+
+
+EXTREMES = np.array([-50.0, 50.0, -30.0, 30.0, -15.0, 15.0, -50.0, 50.0])
+
+
+def _lt_data(seed, soft):
+  """Random logits in [-8, 8] with every label value also seen at logits of +-50, +-30, +-15."""
+  x, y = _data(seed, soft)
+  x[:len(EXTREMES)] = EXTREMES[:, None]  # Rows 0..7: extreme logits, each against the row's labels.
+  y[:len(EXTREMES), :2] = [[0, 1]]  # Both hard labels meet every extreme logit.
+  return x, y
+
+
+def _lt_check(jfn, rfn, x, y):
+  value, grad = jax_value_and_grad(jfn, x, y)
+  assert np.all(np.isfinite(value)) and np.all(np.isfinite(grad))
+  np.testing.assert_allclose(value, rfn(x), **LT_TOL)
+  np.testing.assert_allclose(grad, fd_grad(rfn, x), **LT_TOL)
+
+
+def _per_class(seed, low, high):
+  return np.random.default_rng(seed).uniform(low, high, C).astype(np.float32).astype(np.float64)
+
+
+@LABEL_KINDS
+@pytest.mark.parametrize("gamma_pos,gamma_neg,clip", [(1.0, 4.0, 0.05), (0.0, 2.0, 0.2), (0.5, 0.5, 0.0),
+                                                      (2.0, 0.0, 0.05), (0.0, 0.0, 0.0)])
+def test_asl_matches_reference(soft, gamma_pos, gamma_neg, clip):
+  x, y = _lt_data(20, soft)
+  _lt_check(lambda x, y: losses.asl(logits=x, labels=y, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip),
+            lambda x: ref_asl(x, y, gamma_pos, gamma_neg, clip), x, y)
+
+
+@LABEL_KINDS
+@pytest.mark.parametrize("scale", [1.0, 10.0])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "drw_weights"])
+def test_ldam_matches_reference(soft, scale, weighted):
+  x, y = _lt_data(21, soft)
+  margins = _per_class(22, 0.05, 0.5)
+  wp, wn = (_per_class(23, 1.0, 1.99), _per_class(24, 0.01, 1.0)) if weighted else (1.0, 1.0)
+  _lt_check(lambda x, y: losses.ldam(logits=x, labels=y, margins=margins, scale=scale, pos_weight=wp,
+                                     neg_weight=wn),
+            lambda x: ref_ldam(x, y, margins, scale, wp, wn), x, y)
+
+
+@LABEL_KINDS
+@pytest.mark.parametrize("tau", [0.0, 1.0, 1.5])
+def test_logit_adjusted_matches_reference(soft, tau):
+  x, y = _lt_data(25, soft)
+  odds = losses.log_prior_odds(num_pos=np.geomspace(2, 5000, C).astype(int), num_total=10_000).astype(np.float64)
+  _lt_check(lambda x, y: losses.logit_adjusted(logits=x, labels=y, log_prior_odds=odds, tau=tau),
+            lambda x: ref_logit_adjusted(x, y, odds, tau), x, y)
+
+
+@pytest.mark.parametrize("name", ["asl", "asl_no_clip", "ldam", "logit_adjusted"])
+def test_long_tail_losses_finite_far_beyond_50(name):
+  fn = {"asl": lambda x, y: losses.asl(logits=x, labels=y),
+        "asl_no_clip": lambda x, y: losses.asl(logits=x, labels=y, gamma_neg=0.5, clip=0.0),
+        "ldam": lambda x, y: losses.ldam(logits=x, labels=y, margins=0.5, scale=30.0),
+        "logit_adjusted": lambda x, y: losses.logit_adjusted(logits=x, labels=y, log_prior_odds=-6.0)}[name]
+  x = np.array([-1e4, -100.0, -50.0, 50.0, 100.0, 1e4])
+  for y_val in (0.0, 1.0, 0.3):
+    value, grad = jax_value_and_grad(fn, x, np.full_like(x, y_val))
+    assert np.all(np.isfinite(value)) and np.all(np.isfinite(grad)), (y_val, value, grad)
+    assert np.all(value >= 0)
+
+
+def test_asl_discards_easy_negatives_and_reduces_to_bce_and_focal():
+  x, y = _data(26, soft=False)
+  x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+  # p <= clip: a negative costs nothing and gets no gradient.
+  easy = jnp.asarray([[-10.0, -3.0, np.log(0.04 / 0.96)]])
+  zeros = jnp.zeros_like(easy)
+  assert np.all(np.asarray(losses.asl(logits=easy, labels=zeros)) == 0)
+  assert np.all(np.asarray(jax.grad(lambda v: losses.asl(logits=v, labels=zeros).sum())(easy)) == 0)
+  np.testing.assert_allclose(losses.asl(logits=x, labels=y, gamma_pos=0.0, gamma_neg=0.0, clip=0.0),
+                             losses.bce(logits=x, labels=y), rtol=1e-6)
+  np.testing.assert_allclose(losses.asl(logits=x, labels=y, gamma_pos=2.0, gamma_neg=2.0, clip=0.0),
+                             losses.focal(logits=x, labels=y, gamma=2.0), rtol=1e-5, atol=1e-7)
+  with pytest.raises(ValueError, match="clip"):
+    losses.asl(logits=x, labels=y, clip=1.0)
+
+
+def test_ldam_margins_and_log_prior_odds_by_hand():
+  # n = [1, 16, 81, 0 -> 1]: n^(-1/4) = [1, 1/2, 1/3, 1], the rarest classes get max_margin.
+  np.testing.assert_allclose(losses.ldam_margins(num_pos=[1, 16, 81, 0], max_margin=0.6), [0.6, 0.3, 0.2, 0.6],
+                             rtol=1e-6)
+  np.testing.assert_allclose(losses.ldam_margins(num_pos=[16, 81], max_margin=0.5), [0.5, 0.5 * 2 / 3],
+                             rtol=1e-6)
+  # 10 of 1000 -> log(10 / 990); 500 -> 0; 0 -> log(1 / 1000) (clipped to 1).
+  np.testing.assert_allclose(losses.log_prior_odds(num_pos=[10, 500, 0], num_total=1000),
+                             np.log([10 / 990, 1.0, 1 / 1000]), rtol=1e-6)
+  with pytest.raises(ValueError):
+    losses.ldam_margins(num_pos=[1, 2], max_margin=0.0)
+
+
+def test_ldam_and_logit_adjustment_move_the_boundary_the_right_way():
+  x = jnp.zeros((1, 2), jnp.float32)
+  ones = jnp.ones((1, 2), jnp.float32)
+  # A positive at logit 0 costs more with a margin; a negative costs the same.
+  m = losses.ldam(logits=x, labels=ones, margins=jnp.asarray([0.0, 0.5]))
+  assert m[0, 1] > m[0, 0] == pytest.approx(np.log(2), rel=1e-6)
+  np.testing.assert_allclose(losses.ldam(logits=x, labels=0 * ones, margins=0.5), np.log(2), rtol=1e-6)
+  # A rare class (negative log prior odds) makes a positive at raw logit 0 cost more; tau 0 is bce.
+  la = losses.logit_adjusted(logits=x, labels=ones, log_prior_odds=jnp.asarray([0.0, -4.0]))
+  assert la[0, 1] > la[0, 0] == pytest.approx(np.log(2), rel=1e-6)
+  xs, ys = (jnp.asarray(a, jnp.float32) for a in _data(27, soft=True))
+  np.testing.assert_allclose(losses.logit_adjusted(logits=xs, labels=ys, log_prior_odds=-3.0, tau=0.0),
+                             losses.bce(logits=xs, labels=ys), rtol=1e-6)
+
+
+def _counts_14():
+  return np.array([2, 40, 500, 0] + [100] * (C - 4)), 1000
+
+
+def test_get_loss_fn_long_tail_dispatch():
+  x, y = _data(28, soft=False)
+  x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+  num_pos, num_total = _counts_14()
+  counts = dict(num_pos=num_pos, num_total=num_total)
+  step = jnp.int32(0)
+  cfg = _config(name="asl", gamma_pos=0.5, gamma_neg=3.0, clip=0.1)
+  np.testing.assert_allclose(losses.get_loss_fn(cfg)(x, y, step),
+                             losses.asl(logits=x, labels=y, gamma_pos=0.5, gamma_neg=3.0, clip=0.1), rtol=1e-6)
+  # Fields missing from an older config: the documented defaults (gamma_neg 4, gamma_pos 1, clip 0.05).
+  np.testing.assert_allclose(losses.get_loss_fn(_config(name="asl"))(x, y, step),
+                             losses.asl(logits=x, labels=y, gamma_pos=1.0, gamma_neg=4.0, clip=0.05), rtol=1e-6)
+  cfg = _config(name="logit_adjusted", tau=0.5)
+  np.testing.assert_allclose(
+      losses.get_loss_fn(cfg, **counts)(x, y, step),
+      losses.logit_adjusted(logits=x, labels=y, log_prior_odds=losses.log_prior_odds(**counts), tau=0.5),
+      rtol=1e-6)
+  for name in ("ldam", "logit_adjusted"):
+    with pytest.raises(ValueError, match="num_pos"):
+      losses.get_loss_fn(_config(name=name))
+
+
+def test_ldam_drw_switches_on_class_balanced_weights_at_its_step():
+  x, y = _data(29, soft=False)
+  x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+  num_pos, num_total = _counts_14()
+  cfg = _config(name="ldam", max_margin=0.4, scale=2.0, drw_start=0.5, beta=0.99)
+  fn = jax.jit(losses.get_loss_fn(cfg, num_pos=num_pos, num_total=num_total, num_steps=100))
+  margins = losses.ldam_margins(num_pos=num_pos, max_margin=0.4)
+  plain = losses.ldam(logits=x, labels=y, margins=margins, scale=2.0)
+  wp, wn = losses.effective_number_weights(num_pos=num_pos, num_total=num_total, beta=0.99)
+  weighted = losses.ldam(logits=x, labels=y, margins=margins, scale=2.0, pos_weight=wp, neg_weight=wn)
+  assert not np.allclose(plain, weighted)
+  for step, expected in ((0, plain), (49, plain), (50, weighted), (99, weighted)):
+    np.testing.assert_allclose(fn(x, y, jnp.int32(step)), expected, rtol=1e-6, err_msg=str(step))
+  # drw_start >= 1: never re-weighted, and no training length needed.
+  never = losses.get_loss_fn(_config(name="ldam", max_margin=0.4, scale=2.0, drw_start=1.0),
+                             num_pos=num_pos, num_total=num_total)
+  np.testing.assert_allclose(never(x, y, jnp.int32(10**6)), plain, rtol=1e-6)
+  with pytest.raises(ValueError, match="num_steps"):
+    losses.get_loss_fn(cfg, num_pos=num_pos, num_total=num_total)

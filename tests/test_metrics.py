@@ -7,6 +7,7 @@ import pytest
 from sklearn import metrics as skm
 
 from jaxcxr import metrics
+from jaxcxr import reports
 
 CLASSES = ("Alpha", "Beta", "Gamma", "Delta")
 
@@ -194,7 +195,7 @@ def test_write_report(tmp_path):
   labels[:, 2] = 0  # a class without positives must not break the plots
   report = _report(labels, scores)
   out = tmp_path / "eval"
-  metrics.write_report(report, out, labels=labels, scores=scores, classes=CLASSES, highlight="Beta")
+  reports.write(report, out, labels=labels, scores=scores, classes=CLASSES, highlight="Beta")
   assert sorted(p.name for p in out.iterdir()) == ["pr.png", "report.json", "report.md", "roc.png", "scores.npz"]
   with np.load(out / "scores.npz", allow_pickle=False) as z:  # The scores and labels the report describes.
     np.testing.assert_allclose(z["scores"], np.asarray(scores, np.float32))
@@ -207,7 +208,7 @@ def test_write_report(tmp_path):
   for name in ("roc.png", "pr.png"):
     assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   with pytest.raises(ValueError, match="highlight"):
-    metrics.write_report(report, out, labels=labels, scores=scores, classes=CLASSES, highlight="Hernia")
+    reports.write(report, out, labels=labels, scores=scores, classes=CLASSES, highlight="Hernia")
 
 
 def test_write_report_serialises_numpy(tmp_path):
@@ -215,7 +216,7 @@ def test_write_report_serialises_numpy(tmp_path):
   report = _report(labels, scores)
   report["checkpoint_step"] = np.int64(7)
   report["thresholds"] = np.array([0.1, 0.2])
-  metrics.write_report(report, tmp_path, labels=labels, scores=scores, classes=CLASSES)
+  reports.write(report, tmp_path, labels=labels, scores=scores, classes=CLASSES)
   loaded = json.loads((tmp_path / "report.json").read_text())
   assert loaded["checkpoint_step"] == 7 and loaded["thresholds"] == [0.1, 0.2]
 
@@ -224,10 +225,10 @@ def test_format_table():
   labels, scores = _data(6)
   labels[:, 0] = 0
   report = _report(labels, scores)
-  table = metrics.format_table(report)
+  table = reports.format_table(report)
   lines = table.splitlines()
   assert "n/a" in lines[2]  # Alpha has no positives
   assert all(name in table for name in CLASSES) and "macro" in table
   assert len({len(line) for line in lines}) == 1  # fixed width
-  sub = metrics.format_table(report, classes=["Delta"])
+  sub = reports.format_table(report, classes=["Delta"])
   assert "Delta" in sub and "Beta" not in sub

@@ -33,18 +33,33 @@ def test_logits_and_features_shapes():
   model = models.get_model("resnet_tiny", num_classes=14)
   x = jnp.zeros((3, 32, 32, 1))
   variables = model.init(jax.random.key(0), x, train=False)
-  assert model.apply(variables, x, train=False).shape == (3, 14)
-  feats = model.apply(variables, x, train=False, features=True)
+  logits, aux = model.apply(variables, x, train=False)
+  assert logits.shape == (3, 14)
+  feats = aux["pre_logits"]
   assert feats.shape == (3, 16) and feats.dtype == jnp.float32
+  assert aux["feature_map"].shape == (3, 4, 4, 16)  # 32 px: /4 in the stem, /2 in stage 2.
+  head = variables["params"]["head"]
+  np.testing.assert_allclose(logits, feats @ head["kernel"] + head["bias"], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(feats, aux["feature_map"].mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
 
 
 def test_prior_bias_makes_initial_probabilities_equal_prevalence():
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  from jaxcxr import model_context  # pylint: disable=g-import-not-at-top  (the config -> head bias path)
   prevalence = np.linspace(0.002, 0.3, 14)
-  bias = np.log(prevalence / (1 - prevalence))
-  model = models.get_model("resnet_tiny", num_classes=14, head_bias_init=tuple(bias))
-  x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 1))
-  variables = model.init(jax.random.key(0), x, train=False)
-  np.testing.assert_allclose(variables["params"]["head"]["bias"], bias, rtol=1e-6)
+  config = demo.get_config("baseline")
+  config.unlock()
+  config.model.name, config.model.head_bias = "resnet_tiny", "prior"
+  x = jax.random.uniform(jax.random.key(1), (3, 32, 32, 1))
+  for head_bias, expected in (("prior", prevalence), ("zero", np.full(14, 0.5))):
+    config.model.head_bias = head_bias
+    model = model_context.create_model(config, prevalence=prevalence)
+    variables = model.init(jax.random.key(0), x, train=False)
+    # With the head's kernel at zero the logits are the bias alone: the probabilities are the prior.
+    params = {**variables["params"], "head": {**variables["params"]["head"],
+                                              "kernel": jnp.zeros_like(variables["params"]["head"]["kernel"])}}
+    probs = jax.nn.sigmoid(model.apply({**variables, "params": params}, x, train=False)[0])
+    np.testing.assert_allclose(probs, np.broadcast_to(expected, (3, 14)), rtol=1e-5)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
@@ -52,7 +67,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   x = jnp.ones((2, 32, 32, 1))
   variables = model.init(jax.random.key(0), x, train=False)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
-  assert model.apply(variables, x, train=False).dtype == jnp.float32
+  assert model.apply(variables, x, train=False)[0].dtype == jnp.float32
 
 
 def test_unknown_model_name_lists_choices():

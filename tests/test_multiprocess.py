@@ -8,7 +8,8 @@ import jax
 import numpy as np
 
 from configs import demo
-from jaxcxr import train
+from jaxcxr import experiment
+from jaxcxr import model_context
 from tests.helpers import tiny_config, tiny_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,14 +40,15 @@ def _launch(workdir, data_dir, timeout=420):
 def test_two_processes_equal_one_process_four_devices(tiny_data_dir, tmp_path):
   config = tiny_config(tiny_data_dir, ARM, **STEPS)
   assert config.data.augment.enabled and config.data.sampling.name != "none"
-  train.train_and_evaluate(config, str(tmp_path / "single"))
+  experiment.run(config, str(tmp_path / "single"))
   rc, out = _launch(tmp_path / "multi", tiny_data_dir)
   assert rc == 0, out[-3000:]
   # One report, written by process 0.
   assert (tmp_path / "multi" / "report" / "report.json").exists()
-  single = train.Trainer(config, str(tmp_path / "single")).restore(4)
-  multi = train.Trainer(config, str(tmp_path / "multi")).restore(4)
-  for a, b in zip(jax.tree.leaves(train.to_host(single.params)), jax.tree.leaves(train.to_host(multi.params))):
+  single = model_context.ModelContext.from_workdir(str(tmp_path / "single")).restore_step(4)
+  multi = model_context.ModelContext.from_workdir(str(tmp_path / "multi")).restore_step(4)
+  for a, b in zip(jax.tree.leaves(model_context.to_host(single["params"])),
+                  jax.tree.leaves(model_context.to_host(multi["params"]))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   leftover = subprocess.run(["pgrep", "-f", f"workdir={tmp_path / 'multi'}"], capture_output=True, text=True)
   assert leftover.stdout.strip() == ""

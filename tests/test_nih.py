@@ -39,7 +39,7 @@ def meta():
 
 @pytest.fixture(scope="module")
 def official(meta):
-  return nih.official_split(meta, NIH_DIR, val_fraction=0.1, seed=0)
+  return nih.official_split(meta, NIH_DIR, val_fraction=0.1, seed=0, target="Hernia")
 
 
 def _counts(m):
@@ -79,18 +79,44 @@ def test_official_val_carve_out_is_patient_disjoint(official):
   nih.check_patient_disjoint(official)
   val_p, train_p = set(official["val"].patients.tolist()), set(official["train"].patients.tolist())
   assert not val_p & train_p
-  assert len(val_p) == round(0.1 * 28_008)
-  again = nih.official_split(nih.concat(list(official.values())), NIH_DIR, val_fraction=0.1, seed=0)
+  assert abs(len(val_p) / 28_008 - 0.1) < 0.005  # About val_fraction of the patients (stratified deal).
+  assert abs(len(official["val"]) / 86_524 - 0.1) < 0.005
+  again = nih.official_split(nih.concat(list(official.values())), NIH_DIR, val_fraction=0.1, seed=0,
+                             target="Hernia")
   assert set(again["val"].names.tolist()) == set(official["val"].names.tolist())
+  other = nih.official_split(nih.concat(list(official.values())), NIH_DIR, val_fraction=0.1, seed=1,
+                             target="Hernia")
+  assert set(other["val"].names.tolist()) != set(official["val"].names.tolist())
+
+
+@real
+@pytest.mark.parametrize("split_seed", range(5))
+def test_official_val_carve_out_is_stratified(meta, split_seed):
+  s = nih.official_split(meta, NIH_DIR, val_fraction=0.1, seed=split_seed, target="Hernia")
+  d = nih.describe_split(s, target="Hernia")
+  # train_val holds 141 Hernia images of 102 patients: round(0.1 x 102) = 10 patients go to validation.
+  assert d["train"]["target_patients"] + d["val"]["target_patients"] == 102
+  assert d["val"]["target_patients"] == 10
+  assert d["val"]["target_images"] >= 10
+  ratio = d["val"]["target_prevalence"] / d["train"]["target_prevalence"]
+  assert 0.7 <= ratio <= 1.3, ratio
+  # Every other label's prevalence in validation is close to train's.
+  ratios = s["val"].labels.mean(0) / s["train"].labels.mean(0)
+  assert np.all(np.abs(ratios - 1) < 0.1), dict(zip(nih.CLASSES, ratios.round(3)))
 
 
 @real
 def test_random_split_on_real_data(meta):
-  splits = nih.random_split(meta, seed=0)
+  splits = nih.random_split(meta, seed=0, target="Hernia")
   nih.check_patient_disjoint(splits)
   shares = [len(splits[k]) / len(meta) for k in ("train", "val", "test")]
   assert np.allclose(shares, (0.7, 0.1, 0.2), atol=0.01), shares
   assert sum(len(s) for s in splits.values()) == len(meta)
+  # Hernia: 227 images of 134 patients; round(0.1 x 134) = 13 and round(0.2 x 134) = 27 patients.
+  d = nih.describe_split(splits, target="Hernia")
+  assert [d[k]["target_patients"] for k in ("train", "val", "test")] == [94, 13, 27]
+  for k in ("val", "test"):
+    assert 0.7 <= d[k]["target_prevalence"] / d["train"]["target_prevalence"] <= 1.3
 
 
 # ------------------------------------------------------------------------------------ synthetic variants
@@ -236,6 +262,49 @@ def test_random_split_fractions_disjoint_deterministic():
   assert len(d["val"]) == 0 and abs(len(d["train"]) / len(m) - 0.5) < 0.01
 
 
+def test_stratified_parts_exact_target_patients_and_shares():
+  m = _synthetic(4000, seed=2)
+  target = nih.CLASSES.index("Hernia")
+  rare = np.random.default_rng(0).random(len(m)) < 0.004  # A rare target: a few dozen patients.
+  m.labels[:, target] = rare
+  holders = len(np.unique(m.patients[rare]))
+  part = nih.stratified_parts(m, shares=(0.75, 0.1, 0.15), target="Hernia", seed=0)
+  got = [len(np.unique(m.patients[rare & (part == j)])) for j in range(3)]
+  assert got == [holders - round(0.1 * holders) - round(0.15 * holders), round(0.1 * holders),
+                 round(0.15 * holders)]
+  for j, share in enumerate((0.75, 0.1, 0.15)):
+    assert abs(len(np.unique(m.patients[part == j])) / 4000 - share) < 0.01
+    assert abs((part == j).mean() - share) < 0.01
+    # Every label's positives split in about the shares (the synthetic labels have ~500 positives each).
+    np.testing.assert_allclose(m.labels[part == j].sum(0) / m.labels.sum(0), share, atol=0.03)
+  # Patients are never divided; the deal is a function of the seed.
+  for p in np.unique(m.patients):
+    assert len(np.unique(part[m.patients == p])) == 1
+  np.testing.assert_array_equal(part, nih.stratified_parts(m, shares=(0.75, 0.1, 0.15), target="Hernia", seed=0))
+  assert not np.array_equal(part, nih.stratified_parts(m, shares=(0.75, 0.1, 0.15), target="Hernia", seed=1))
+
+
+def test_stratified_parts_few_target_patients_still_reach_every_part():
+  m = _synthetic(300, seed=3)
+  target = nih.CLASSES.index("Hernia")
+  m.labels[:, target] = 0
+  m.labels[np.isin(m.patients, [5, 17, 40, 90, 200]), target] = 1  # 5 patients: round(0.1 x 5) = 0.
+  part = nih.stratified_parts(m, shares=(0.7, 0.1, 0.2), target="Hernia", seed=0)
+  carries = m.labels[:, target] > 0
+  assert [len(np.unique(m.patients[carries & (part == j)])) for j in range(3)] == [3, 1, 1]
+  none = nih.stratified_parts(m, shares=(0.5, 0.0, 0.5), target="Hernia", seed=0)
+  assert not (none == 1).any()
+
+
+def test_describe_split():
+  m = nih.Metadata(np.asarray(["a", "b", "c", "d"]), np.asarray([1, 1, 2, 3]), np.zeros((4, 14), np.uint8))
+  m.labels[[0, 1, 3], nih.CLASSES.index("Hernia")] = 1
+  d = nih.describe_split({"x": m, "empty": m.subset(np.asarray([], np.int64))}, target="Hernia")
+  assert d["x"] == {"images": 4, "patients": 3, "target_images": 3, "target_patients": 2, "target_prevalence": 0.75}
+  assert d["empty"]["images"] == 0 and d["empty"]["target_prevalence"] is None
+  json.dumps(d)
+
+
 @pytest.mark.parametrize("fractions", [(0.7, 0.2), (0.7, 0.2, 0.2), (1.1, -0.1, 0.0)])
 def test_random_split_rejects_bad_fractions(fractions):
   with pytest.raises(nih.DataError, match="fractions"):
@@ -244,18 +313,28 @@ def test_random_split_rejects_bad_fractions(fractions):
 
 def test_split_dispatcher(tmp_path):
   m = _synthetic()
-  r = nih.split(m, str(tmp_path), name="random", val_fraction=0.1, seed=0)
+  r = nih.split(m, str(tmp_path), name="random", val_fraction=0.1, seed=0, target="Hernia")
   assert np.allclose([len(r[k]) / len(m) for k in ("train", "val", "test")], (0.7, 0.1, 0.2), atol=0.01)
   with pytest.raises(nih.DataError, match="Unknown data.split 'kfold'.*'official', 'random'"):
-    nih.split(m, str(tmp_path), name="kfold", val_fraction=0.1, seed=0)
+    nih.split(m, str(tmp_path), name="kfold", val_fraction=0.1, seed=0, target="Hernia")
   with pytest.raises(nih.DataError, match="train_val_list.txt not found"):
-    nih.split(m, str(tmp_path), name="official", val_fraction=0.1, seed=0)
+    nih.split(m, str(tmp_path), name="official", val_fraction=0.1, seed=0, target="Hernia")
 
 
 @real
 def test_split_dispatcher_official_is_official_split(meta, official):
-  s = nih.split(meta, NIH_DIR, name="official", val_fraction=0.1, seed=0)
+  s = nih.split(meta, NIH_DIR, name="official", val_fraction=0.1, seed=0, target="Hernia")
   assert all(s[k].names.tolist() == official[k].names.tolist() for k in official)
+
+
+def test_tiny_fixture_has_target_patients_in_every_split(tiny_data_dir):
+  from jaxcxr.data import datasets  # pylint: disable=g-import-not-at-top  (images: only for this test)
+  from tests.helpers import tiny_config  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tiny_data_dir)
+  splits = datasets.load_splits(config)
+  d = nih.describe_split({k: s.meta for k, s in splits.items()}, target=config.data.target)
+  assert all(d[k]["target_patients"] >= 2 for k in ("train", "val", "test")), d
+  assert d["train"]["target_patients"] > d["val"]["target_patients"]
 
 
 # -------------------------------------------------------------------------------------------- Table 1
@@ -296,6 +375,21 @@ def test_stats_cli_json_on_real_data():
   assert t["train"]["images"] + t["val"]["images"] == 86_524
   assert t["train"]["patients"] + t["val"]["patients"] == 28_008
   assert t["all"]["prevalence"]["Hernia"] == pytest.approx(227 / 112_120)
+  assert out["split_seed"] == 0 and out["target"] == "Hernia"
+  v = out["target_by_split"]["val"]
+  assert (v["images"], v["patients"]) == (t["val"]["images"], t["val"]["patients"])
+  assert v["target_patients"] == 10 and v["target_images"] == t["val"]["positives"]["Hernia"] >= 10
+
+
+@real
+def test_stats_cli_random_split_test_set_does_not_follow_the_seed():
+  tables = []
+  for args in (["--config.seed=0"], ["--config.seed=1"], ["--config.data.split_seed=1"]):
+    r = _stats(f"--data_dir={NIH_DIR}", "--config.data.split=random", "--json", *args)
+    assert r.returncode == 0, r.stderr
+    tables.append(json.loads(r.stdout)["table"])
+  assert tables[0]["test"] == tables[1]["test"] and tables[0]["val"] == tables[1]["val"]
+  assert tables[0]["test"] != tables[2]["test"]  # Only data.split_seed moves it.
 
 
 @real

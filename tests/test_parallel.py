@@ -10,6 +10,7 @@ import pytest
 
 from jaxcxr import cluster
 from jaxcxr import losses
+from jaxcxr import model_context
 from jaxcxr import train
 
 # ------------------------------------------------------------------------------------------------------
@@ -28,10 +29,10 @@ def _config(mode):
 def _run(mode, devices, batches):
   """Params, batch_stats and the per-step metrics after training on `batches` with `mode` on `devices`."""
   config = _config(mode)
-  model = train.create_model(config, prevalence=np.full(14, 0.05))
+  model = model_context.create_model(config, prevalence=np.full(14, 0.05))
   loss_fn = losses.get_loss_fn(config.loss, num_pos=np.ones(14), num_total=10)
-  mesh = train.make_mesh(devices)
-  step, evaluate = train.PARALLEL_MODES[mode](mesh, loss_fn)
+  mesh = model_context.make_mesh(devices)
+  step, evaluate = train.PARALLEL_MODES[mode](mesh, loss_fn, model)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   state = jax.device_put(train.create_train_state(config, model, jax.random.key(0, impl="rbg"), 32),
@@ -80,7 +81,7 @@ def test_four_devices_equal_one_device(mode, batches, one_device):
 
 def test_unknown_mode_is_an_error():
   with pytest.raises(ValueError, match="parallel.mode must be one of"):
-    train.parallel_mode(_config("pmap"))
+    model_context.parallel_mode(_config("pmap"))
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -9,9 +9,13 @@ import numpy as np
 import pytest
 
 from jaxcxr import embeddings as emb_lib
-from jaxcxr import evaluate
-from jaxcxr import smote
-from jaxcxr import train
+from jaxcxr import evaluation as evaluate
+from jaxcxr import experiment
+from jaxcxr import head_stages
+from jaxcxr import heads
+from jaxcxr import model_context
+from jaxcxr import resampling as smote
+from jaxcxr.data import datasets
 from jaxcxr.data import nih
 from tests.helpers import tiny_config
 
@@ -69,13 +73,13 @@ def test_few_negatives_give_the_points_of_the_full_rows(method, monkeypatch):
   x, labels = _toy(n=600)
   k = 3
   seen = []
-  real = smote._fit_resample
+  real = smote.fit_resample
 
   def spy(method, features, y, **kwargs):
     seen.append((np.array(features), np.array(y)))
     return real(method, features, y, **kwargs)
 
-  monkeypatch.setattr(smote, "_fit_resample", spy)
+  monkeypatch.setattr(smote, "fit_resample", spy)
   full = smote.resample(x, labels, method=method, k_neighbors=k, ratio=0.25, seed=0, classes=CLASSES,
                         negatives_kept=len(x))
   assert all(len(f) == len(x) for f, _ in seen)
@@ -112,7 +116,7 @@ def test_head_training_is_deterministic_for_a_seed():
   config.smote.steps, config.smote.batch_size = 30, 32
 
   def fit(seed):
-    return smote.train_head(x, labels.astype(np.float32), smote_config=config.smote, loss_config=config.loss,
+    return heads.train_head(x, labels.astype(np.float32), head_config=config.smote, loss_config=config.loss,
                             seed=seed, progress=False, chunk=7)
 
   (p1, m1, s1, l1), (p2, _, _, l2), (p3, _, _, _) = fit(0), fit(0), fit(1)
@@ -169,8 +173,8 @@ def test_method_none_changes_nothing():
 def test_bad_smote_config_fails_before_training(tiny_data_dir):
   config = tiny_config(tiny_data_dir, arm="smote")
   config.smote.method = "smoat"
-  with pytest.raises(smote.SmoteError, match="smote.method"):
-    train.train_and_evaluate(config, "/nonexistent/never_written")
+  with pytest.raises(head_stages.SmoteError, match="smote.method"):
+    experiment.run(config, "/nonexistent/never_written")
 
 
 # ----------------------------------------------------------------------------
@@ -185,7 +189,7 @@ def smote_run(tiny_data_dir, tmp_path_factory):
   config.smote.batch_size = 64
   config.smote.learning_rate = 1e-2
   workdir = str(tmp_path_factory.mktemp("smote_run"))
-  report = train.train_and_evaluate(config, workdir)
+  report = experiment.run(config, workdir)
   return config, workdir, report
 
 
@@ -199,7 +203,7 @@ def test_arm_writes_the_smote_report_beside_the_backbones(smote_run):
   for f in ("report.md", "roc.png", "pr.png"):
     assert os.path.getsize(os.path.join(workdir, "smote", f)) > 0
   assert "SMOTE head against the backbone" in open(os.path.join(workdir, "smote", "report.md")).read()
-  assert "Hernia (backbone)" in smote.format_table(saved)
+  assert "Hernia (backbone)" in head_stages.format_table(saved)
   # The backbone's own metrics from the embeddings agree with the trainer's image-level report.
   with open(os.path.join(workdir, "report", "report.json")) as f:
     trained = json.load(f)
@@ -212,7 +216,7 @@ def test_arm_writes_the_smote_report_beside_the_backbones(smote_run):
         assert ours[key] == pytest.approx(theirs[key], abs=1e-4), (name, key)
   # Export format: row counts and ids in split order, no views for this arm.
   embedded, meta = emb_lib.load(os.path.join(workdir, "embeddings"))
-  splits = train.Trainer(config, workdir).splits
+  splits = datasets.load_splits(config)
   for name in emb_lib.SPLITS:
     e = embedded[name]
     assert len(e) == meta["rows"][name] == len(splits[name])
@@ -258,7 +262,7 @@ def test_nothing_from_val_or_test_reaches_the_resampler(smote_run, monkeypatch):
 
   monkeypatch.setattr(smote, "make_resampler", spy)
   embedded, _ = emb_lib.load(os.path.join(workdir, "embeddings"))
-  smote.run(config, workdir, progress=False, verbose=False)
+  head_stages.run_smote(model_context.ModelContext.from_workdir(workdir, config), progress=False, verbose=False)
   assert seen
   held_out = {row.tobytes() for name in ("val", "test") for row in embedded[name].features}
   for x in seen:

@@ -14,7 +14,10 @@ from configs import demo
 from configs import hernia
 from jaxcxr import bootstrap
 from jaxcxr import metrics
-from jaxcxr import study
+from jaxcxr import experiment
+from jaxcxr import head_stages
+from jaxcxr import reports
+from jaxcxr import study_runner as study
 from jaxcxr.data import datasets
 from jaxcxr.data import nih
 from tests.helpers import tiny_config
@@ -159,11 +162,11 @@ class FakeTrainer:
                                      thresholds=np.full(len(nih.CLASSES), 0.5))
     report = {"split": "official/test", "checkpoint_step": 8, "target": config.data.target, "arm": config.arm,
               "threshold_rule": "max_f1", "num_images": len(test), **result}
-    out = study.report_dir(config, workdir)
+    out = experiment.report_dir(config, workdir)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "report.json"), "w") as f:
       json.dump(report, f)
-    np.savez(os.path.join(out, metrics.SCORES_FILE), scores=scores)
+    np.savez(os.path.join(out, reports.SCORES_FILE), scores=scores)
     return report
 
 
@@ -227,7 +230,7 @@ def test_study_of_real_tiny_runs(tiny_data_dir, tmp_path):
                                                                           abs=1e-4), name
   # A run without the report's scores file (older runs) gets its scores re-predicted from the checkpoint.
   os.remove(os.path.join(work, "focal", "seed0", "study", study.SCORES_FILE))
-  os.remove(os.path.join(work, "focal", "seed0", "report", metrics.SCORES_FILE))
+  os.remove(os.path.join(work, "focal", "seed0", "report", reports.SCORES_FILE))
   study.run_study(make, work, arms=["focal"], num_seeds=1, bootstrap_samples=10, out=open(os.devnull, "w"))
   with np.load(os.path.join(work, "focal", "seed0", "study", study.SCORES_FILE)) as z:
     np.testing.assert_allclose(z["scores"], scores, rtol=1e-5, atol=1e-6)
@@ -253,12 +256,12 @@ def test_cli_help_and_arm_in_config_string(tmp_path):
 
 def test_smote_arms_report_from_their_own_folder(tiny_data_dir, tmp_path):
   config = tiny_config(tiny_data_dir, "baseline")
-  assert study.report_dir(config, "w") == os.path.join("w", "report")  # No smote field yet.
+  assert experiment.report_dir(config, "w") == os.path.join("w", "report")  # No smote field yet.
   config.unlock()
   config.smote = {"method": "none"}
-  assert not study.is_smote(config) and study.report_dir(config, "w") == os.path.join("w", "report")
+  assert not head_stages.is_smote(config) and experiment.report_dir(config, "w") == os.path.join("w", "report")
   config.smote.method = "smote"
-  assert study.is_smote(config) and study.report_dir(config, "w") == os.path.join("w", "smote")
+  assert head_stages.is_smote(config) and experiment.report_dir(config, "w") == os.path.join("w", "smote")
   # Without saved test scores a SMOTE run cannot be re-predicted from the trunk's checkpoint: no scores.
   run = study.Run("smote", 0, str(tmp_path), config)
   assert study.load_test_scores(run, {}, splits_cache=None) is None

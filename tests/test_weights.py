@@ -351,7 +351,7 @@ def _flax_features(name, path, grey):
   model = models.get_model(name, num_classes=3)
   params, batch_stats = _trees(name)
   params, batch_stats = weights.import_pretrained(path, model_name=name, params=params, batch_stats=batch_stats)
-  apply = jax.jit(lambda v, x: model.apply(v, x, train=False, features=True))
+  apply = jax.jit(lambda v, x: model.apply(v, x, train=False)[1]["pre_logits"])
   return np.asarray(apply({"params": params, "batch_stats": batch_stats}, grey))
 
 

@@ -5,11 +5,20 @@
   fn(key, images, labels) -> images
 
 images (B, S, S, 1) uint8 or float in [0, 255], labels (B, 14), result float32 (B, S, S, 1) in [0, 255].
-Each image is augmented with a probability, and with ranges scaled by a strength, chosen by whether it
-carries `config.data.target` (`minority_probability`, `minority_strength`) or not (`probability`,
-`strength`). An augmented image gets one affine warp (rotation, scale, translation, shear; bilinear, one
-gather per image, black outside the film), an optional horizontal flip (`hflip`, 0 by default: laterality
-matters), contrast about its mean, brightness, gamma and Gaussian noise. There is no vertical flip.
+By default the augmentation is label-blind: every training image is augmented with `probability`, its
+ranges scaled by `strength`, and `labels` are not read, so one image and one key give one result whatever
+the image carries. A preference for the minority comes from sampling instead (jaxcxr/data/sampling.py):
+each repeat of a rare image draws its own key and so its own augmentation.
+
+`label_dependent=True` is an opt-in kept to measure its effect (the `oversample_labelaug` arm): images
+carrying `config.data.target` then use `minority_probability` and `minority_strength`. It creates a
+shortcut: with minority_strength > strength, a wide black border or a large rotation occurs only on target
+images, a cue that exists in training and never at test time.
+
+An augmented image gets one affine warp (rotation, scale, translation, shear; bilinear, one gather per
+image, black outside the film), an optional horizontal flip (`hflip`, 0 by default: laterality matters),
+contrast about its mean, brightness, gamma and Gaussian noise. There is no vertical flip. Every random
+parameter has its own independent draw (`sample_parameters`).
 
 Why on the device: `python -m benchmarks.augment_bench` measured this function against the same work in
 Grain workers (numpy/PIL). On 2 shared CPU cores (64 px, batch 64, medians): 2,569 images/s jitted versus
@@ -40,25 +49,41 @@ def _affine_grid(size, *, angle, scale, shear, shift):
   return jnp.einsum("ij,jhw->ihw", inverse, out) + c
 
 
+# Independent uniforms in (0, 1) drawn per image, one per random parameter, in this order.
+PARAMETERS = ("apply", "rotation", "scale", "shear", "shift_y", "shift_x", "hflip", "contrast", "brightness",
+              "gamma", "noise")
+
+
+def sample_parameters(key, *, size):
+  """One image's random numbers: (dict name -> uniform in (0, 1) for each of PARAMETERS, (S, S) normals).
+
+  One normal draw per image (a single threefry call compiles in a fraction of the time of a dozen): the
+  first len(PARAMETERS) values become independent uniforms through the normal CDF, the rest are the pixel
+  noise. No two parameters share a number.
+  """
+  n = len(PARAMETERS)
+  z = jax.random.normal(key, (n + size * size,))
+  r = jax.scipy.special.ndtr(z[:n])
+  return {name: r[i] for i, name in enumerate(PARAMETERS)}, z[n:].reshape(size, size)
+
+
 def _augment_one(key, image, *, prob, strength, a):
   """One (S, S) float image in [0, 255], returned as is with probability 1 - prob; `a` holds the
   config's ranges at strength 1."""
   size = image.shape[0]
-  # One normal draw per image (a single threefry call compiles in a fraction of the time of ten): the
-  # first values become uniforms through the normal CDF, the rest are the pixel noise.
-  z = jax.random.normal(key, (10 + size * size,))
-  r = jax.scipy.special.ndtr(z[:10])  # Uniform in (0, 1).
-  u = lambda i: (2.0 * r[i] - 1.0) * strength  # Uniform in +/- strength.
-  grid = _affine_grid(size, angle=u(1) * np.deg2rad(a.rotation), scale=1.0 + u(2) * a.scale,
-                      shear=u(3) * np.deg2rad(a.shear), shift=jnp.stack([u(4), u(5)]) * a.translate * size)
+  r, noise = sample_parameters(key, size=size)
+  u = lambda name: (2.0 * r[name] - 1.0) * strength  # Uniform in +/- strength.
+  grid = _affine_grid(size, angle=u("rotation") * np.deg2rad(a.rotation), scale=1.0 + u("scale") * a.scale,
+                      shear=u("shear") * np.deg2rad(a.shear),
+                      shift=jnp.stack([u("shift_y"), u("shift_x")]) * a.translate * size)
   x = jax.scipy.ndimage.map_coordinates(image / 255.0, [grid[0], grid[1]], order=1, mode="constant", cval=0.0)
-  x = jnp.where(r[6] < a.hflip, x[:, ::-1], x)
+  x = jnp.where(r["hflip"] < a.hflip, x[:, ::-1], x)
   mean = x.mean()
-  x = (x - mean) * (1.0 + u(7) * a.contrast) + mean + u(8) * a.brightness
-  x = jnp.clip(x, 0.0, 1.0) ** jnp.exp(u(9) * a.gamma)
-  sigma = r[9] * strength * a.noise
-  x = jnp.clip(x + sigma * z[10:].reshape(size, size), 0.0, 1.0)
-  return jnp.where(r[0] < prob, x * 255.0, image)
+  x = (x - mean) * (1.0 + u("contrast") * a.contrast) + mean + u("brightness") * a.brightness
+  x = jnp.clip(x, 0.0, 1.0) ** jnp.exp(u("gamma") * a.gamma)
+  sigma = r["noise"] * strength * a.noise
+  x = jnp.clip(x + sigma * noise, 0.0, 1.0)
+  return jnp.where(r["apply"] < prob, x * 255.0, image)
 
 
 def make_augment_fn(config):
@@ -66,6 +91,7 @@ def make_augment_fn(config):
   a = config.data.get("augment")
   if a is None or not a.enabled:  # Configs saved before augmentation existed have no block.
     return None
+  label_dependent = bool(a.get("label_dependent", True))  # Configs saved before the field were label-dependent.
   for field in ("probability", "minority_probability", "hflip"):
     if not 0.0 <= a[field] <= 1.0:
       raise ValueError(f"data.augment.{field} must be in [0, 1], got {a[field]}.")
@@ -73,9 +99,13 @@ def make_augment_fn(config):
   ranges = types.SimpleNamespace(**a.to_dict())  # Plain floats, closed over by the jitted function.
 
   def augment(key, images, labels):
-    minority = labels[:, target] > 0.5
-    prob = jnp.where(minority, a.minority_probability, a.probability)
-    strength = jnp.where(minority, a.minority_strength, a.strength)
+    if label_dependent:  # The opt-in shortcut (see the module docstring).
+      minority = labels[:, target] > 0.5
+      prob = jnp.where(minority, a.minority_probability, a.probability)
+      strength = jnp.where(minority, a.minority_strength, a.strength)
+    else:  # Label-blind: `labels` is not read.
+      prob = jnp.full(images.shape[:1], a.probability, jnp.float32)
+      strength = jnp.full(images.shape[:1], a.strength, jnp.float32)
     # One key for the batch (split per image), or already one key per image.
     keys = key if jnp.ndim(key) else jax.random.split(key, images.shape[0])
     one = lambda k, im, p, s: _augment_one(k, im, prob=p, strength=s, a=ranges)

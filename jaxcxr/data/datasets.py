@@ -160,6 +160,12 @@ def decode(path, size):
   return split_lib.resize(Image.fromarray(a), size), None
 
 
+def resize_grey(a, size):
+  """(H, W) uint8 grey -> (size, size) uint8, resized exactly as `decode` resizes what `prepare` stores
+  (for images that reach 8-bit grey another way, e.g. DICOM in jaxcxr.data.readers)."""
+  return split_lib.resize(Image.fromarray(np.ascontiguousarray(a, np.uint8)), size)
+
+
 def _decode_chunk(job):
   """Worker: decodes one chunk into rows start.. of the array file; returns (start, [(offset, reason, detail)])."""
   array_path, start, paths, size = job
@@ -338,12 +344,13 @@ def prepare(directory, meta, *, size, strict=False, num_workers=0, chunk_size=CH
 
 def _nih_meta(config, directory):
   """The label file's Metadata and the {'train', 'val', 'test'} split of it for `config.data`."""
-  label_file = nih.find_label_file(directory) if os.path.isdir(directory) else None
-  if label_file is None:
-    raise nih.DataError(f"No NIH ChestX-ray14 label file ({nih.LABEL_FILE}) in {directory}.\n{NIH_DOWNLOAD}")
+  try:
+    label_file = nih.locate_label_file(directory, config.data.get("label_file", ""))
+  except nih.DataError as e:
+    raise nih.DataError(f"{e}\n{NIH_DOWNLOAD}") from None
   meta = nih.read_labels(label_file)
   splits = nih.split(meta, directory, name=config.data.split, val_fraction=config.data.val_fraction,
-                     seed=config.seed)
+                     seed=config.data.get("split_seed", 0), target=config.data.target)  # Not config.seed.
   return meta, splits
 
 

@@ -21,6 +21,13 @@ NO_FINDING = "No Finding"
 LABEL_FILE = "Data_Entry_2017_v2020.csv"
 TRAIN_VAL_LIST = "train_val_list.txt"
 TEST_LIST = "test_list.txt"
+# Label-file names looked for in data.dir, in this order (data.label_file names any other): the NIH
+# releases (2020, then 2017; plain or gzipped), then Kaggle's "Random Sample of NIH Chest X-ray Dataset"
+# (5,606 images, columns OriginalImageWidth ... OriginalImagePixelSpacing_y, ages such as '060Y', CRLF),
+# which ships no official split lists.
+SAMPLE_LABEL_FILE = "sample_labels.csv"
+LABEL_FILE_NAMES = (LABEL_FILE, LABEL_FILE + ".gz", "Data_Entry_2017.csv", "Data_Entry_2017.csv.gz",
+                    SAMPLE_LABEL_FILE, SAMPLE_LABEL_FILE + ".gz")
 # Names `split` accepts (config.data.split).
 SPLITS = ("official", "random")
 
@@ -90,13 +97,35 @@ def _open_text(path):
   return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
 
 
-def find_label_file(data_dir):
-  """Returns the path of the NIH label file in `data_dir` (plain or gzipped), or None."""
-  for name in (LABEL_FILE, LABEL_FILE + ".gz", "Data_Entry_2017.csv", "Data_Entry_2017.csv.gz"):
-    path = os.path.join(data_dir, name)
-    if os.path.exists(path):
+def find_label_file(data_dir, label_file=""):
+  """Returns the path of the label file in `data_dir`, or None.
+
+  `label_file` (config.data.label_file) names the file, inside `data_dir` or as a path; '' looks for
+  LABEL_FILE_NAMES in that order (the NIH releases, plain or gzipped, then Kaggle's sample_labels.csv).
+  """
+  for name in label_file_candidates(label_file):
+    path = os.path.join(data_dir, os.path.expanduser(name))  # An absolute `name` stays itself.
+    if os.path.isfile(path):
       return path
   return None
+
+
+def label_file_candidates(label_file=""):
+  """The names find_label_file tries, in order: `label_file` alone when given, else LABEL_FILE_NAMES."""
+  return (label_file,) if label_file else LABEL_FILE_NAMES
+
+
+def locate_label_file(data_dir, label_file=""):
+  """find_label_file, or a DataError naming the folder and every name searched."""
+  path = find_label_file(data_dir, label_file) if os.path.isdir(data_dir) else None
+  if path is None:
+    if not os.path.isdir(data_dir):
+      raise DataError(f"Data folder {data_dir} not found (data.dir); it should hold the label file "
+                      f"({' or '.join(label_file_candidates(label_file))}).")
+    tried = ", ".join(label_file_candidates(label_file))
+    hint = "" if label_file else "; set data.label_file to use a file with another name"
+    raise DataError(f"No label file in {data_dir}: looked for {tried}{hint}.")
+  return path
 
 
 # Label-file columns, found by name: header names are compared lower-cased with everything but letters and
@@ -254,7 +283,9 @@ def read_labels(path):
 def read_list(path):
   """Reads a split list (one image name a line; tolerates CRLF, a BOM, gzip and a missing final newline)."""
   if not os.path.exists(path):
-    raise DataError(f"Split list {path} not found; it ships with the NIH release next to the label file.")
+    raise DataError(f"Split list {path} not found: data.split='official' needs NIH's {TRAIN_VAL_LIST} and "
+                    f"{TEST_LIST} next to the label file (Kaggle's {SAMPLE_LABEL_FILE} has none); use "
+                    "data.split='random' (a patient-level 70/10/20 split) or add the lists.")
   try:
     with _open_text(path) as f:
       return [line.strip() for line in f if line.strip()]
@@ -272,8 +303,104 @@ def check_patient_disjoint(splits):
       seen[p] = split_name
 
 
-def official_split(meta, data_dir, *, val_fraction, seed):
-  """NIH's official split, with a seeded patient-grouped validation carve-out from train_val."""
+def _quotas(n, shares):
+  """Target-positive patients per part: round(share x n) for every part after the first (at least one where
+  the share is positive and n allows one in each such part), the first part takes the rest."""
+  quota = np.zeros(len(shares), np.int64)
+  positive = [j for j in range(1, len(shares)) if shares[j] > 0]
+  for j in range(1, len(shares)):
+    want = int(round(shares[j] * n))
+    if shares[j] > 0 and n >= len(positive) + (shares[0] > 0):
+      want = max(want, 1)
+    quota[j] = min(want, n - quota.sum())
+  quota[0] = n - quota.sum()
+  return quota
+
+
+def stratified_parts(meta, *, shares, target, seed, candidates=256):
+  """Deals the patients of `meta` out to len(shares) parts, stratified by label; returns each image's part.
+
+  Patient-grouped multi-label stratification in two steps:
+  1. Patients carrying `target` (a CLASSES name; None skips this step): part j > 0 gets exactly
+     round(shares[j] x their number) of them (at least one when there are enough), part 0 the rest. Of
+     `candidates` seeded random deals with these counts, the one whose target-positive image counts are
+     closest to shares x the total is kept.
+  2. Every other patient, by iterative stratification (Sechidis et al. 2011) on image counts: patients are
+     taken in order of their rarest label (images with no finding count as a label of their own; random
+     order within a label) and each goes to the part that still lacks the largest share of that label's
+     images, ties broken by the part lacking the largest share of its patients, then at random.
+  So every part holds about its share of the patients and of every label's positive images.
+
+  Args:
+    meta: the Metadata to split.
+    shares: the parts' shares (non-negative, summing to 1), e.g. (0.9, 0.1) for train and validation.
+    target: the class name whose positive patients are dealt out by exact counts, or None.
+    seed: seed of the deal (config.data.split_seed).
+    candidates: random deals of the target's patients to choose from.
+
+  Returns:
+    (N,) int64 part index of every image of `meta`.
+  """
+  shares = np.asarray(shares, np.float64)
+  patients, inverse = np.unique(meta.patients, return_inverse=True)
+  inverse = inverse.reshape(-1)
+  n_patients = len(patients)
+  # Per patient: positive images of each class, then images with no finding.
+  columns = np.concatenate([meta.labels, (meta.labels.sum(1) == 0)[:, None]], axis=1).astype(np.int64)
+  counts = np.zeros((n_patients, columns.shape[1]), np.int64)
+  np.add.at(counts, inverse, columns)
+  rng = np.random.default_rng(seed)
+  part = np.full(n_patients, -1, np.int64)
+
+  if target is not None:  # Step 1: exact counts of target-positive patients.
+    t = CLASSES.index(target)
+    holders = np.flatnonzero(counts[:, t] > 0)
+    bounds = np.cumsum(_quotas(len(holders), shares))[:-1]
+    want = shares * counts[holders, t].sum()
+    best, best_cost = None, np.inf
+    for _ in range(candidates):
+      groups = np.split(rng.permutation(holders), bounds)
+      cost = np.abs([counts[g, t].sum() for g in groups] - want).sum()
+      if cost < best_cost:
+        best, best_cost = groups, cost
+    for j, g in enumerate(best):
+      part[g] = j
+
+  # Step 2: iterative stratification of the rest. `lack` is what each part still needs (images per column,
+  # patients), relative to what it needs in all; parts with share 0 never receive anyone.
+  total = counts.sum(0).astype(np.float64)
+  need = np.maximum(shares[:, None] * total, 1e-12)
+  need_p = np.maximum(shares * n_patients, 1e-12)
+  lack = shares[:, None] * total
+  lack_p = shares * n_patients
+  for j in range(len(shares)):
+    lack[j] -= counts[part == j].sum(0)
+    lack_p[j] -= (part == j).sum()
+  rest = np.flatnonzero(part < 0)
+  rank = np.argsort(np.argsort(total, kind="stable"), kind="stable")  # Rarest column first.
+  rest = rest[rng.permutation(len(rest))]
+  rarest = np.where(counts[rest] > 0, rank, len(rank)).min(1)  # Every patient has at least one image.
+  order = rest[np.argsort(rarest, kind="stable")]
+  column = np.argsort(rank)[np.sort(rarest, kind="stable")]
+  open_parts = shares > 0
+  ties = rng.random((len(order), len(shares)))
+  for i, (p, c) in enumerate(zip(order.tolist(), column.tolist())):
+    key = np.where(open_parts, lack[:, c] / need[:, c], -np.inf)
+    key_p = lack_p / need_p
+    j = int(np.lexsort((ties[i], key_p, key))[-1])  # Largest key, then key_p, then random.
+    part[p] = j
+    lack[j] -= counts[p]
+    lack_p[j] -= 1
+  return part[inverse]
+
+
+def official_split(meta, data_dir, *, val_fraction, seed, target=None):
+  """NIH's official split, with a seeded, patient-grouped, stratified validation carve-out from train_val.
+
+  The carve-out (`stratified_parts` with shares (1 - val_fraction, val_fraction)) holds about val_fraction of
+  the train_val patients and of every label's positive images, and round(val_fraction x the patients
+  carrying `target`) of those (at least one); `seed` is config.data.split_seed.
+  """
   pos = {n: i for i, n in enumerate(meta.names)}
   def take(list_name):
     names = read_list(os.path.join(data_dir, list_name))
@@ -283,53 +410,65 @@ def official_split(meta, data_dir, *, val_fraction, seed):
                       f"e.g. {missing[0]!r}.")
     return np.asarray([pos[n] for n in names], np.int64)
   train_val, test = take(TRAIN_VAL_LIST), take(TEST_LIST)
-  patients = np.unique(meta.patients[train_val])
-  rng = np.random.default_rng(seed)
-  val_patients = rng.choice(patients, size=int(round(val_fraction * len(patients))), replace=False)
-  is_val = np.isin(meta.patients[train_val], val_patients)
+  is_val = stratified_parts(meta.subset(train_val), shares=(1.0 - val_fraction, val_fraction), target=target,
+                            seed=seed) == 1
   splits = {"train": meta.subset(train_val[~is_val]), "val": meta.subset(train_val[is_val]),
             "test": meta.subset(test)}
   check_patient_disjoint(splits)
   return splits
 
 
-def random_split(meta, *, seed, fractions=(0.7, 0.1, 0.2)):
+def random_split(meta, *, seed, fractions=(0.7, 0.1, 0.2), target=None):
   """A seeded patient-level split into {'train', 'val', 'test'} (the CheXNet-style 70/10/20 by default).
 
-  `fractions` are shares of images. Patients are shuffled and dealt out whole, in that order, to train, val
-  and test; a patient goes to the split in which the middle of their images falls, so every split's share
-  of images is off by at most half a patient's images at each boundary. Rows keep the label file's order.
+  `fractions` are shares of patients and of every label's positive images; patients are dealt out whole by
+  `stratified_parts` (with `target`'s positive patients in exact proportions), so each split's share of
+  images is close to its fraction. Rows keep the label file's order. `seed` is config.data.split_seed.
   """
   fractions = tuple(float(x) for x in fractions)
   if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
     raise DataError(f"random split fractions {fractions} must be three non-negative shares (train, val, test) "
                     "that sum to 1.")
-  patients, inverse, counts = np.unique(meta.patients, return_inverse=True, return_counts=True)
-  order = np.random.default_rng(seed).permutation(len(patients))
-  middle = np.cumsum(counts[order]) - counts[order] / 2.0  # Image position of each patient's middle.
-  bounds = np.cumsum(fractions)[:2] * len(meta)
-  part = np.empty(len(patients), np.int64)
-  part[order] = np.searchsorted(bounds, middle, side="right")
-  per_image = part[inverse.reshape(-1)]
+  per_image = stratified_parts(meta, shares=fractions, target=target, seed=seed)
   splits = {name: meta.subset(np.flatnonzero(per_image == k)) for k, name in enumerate(("train", "val", "test"))}
   check_patient_disjoint(splits)
   return splits
 
 
-def split(meta, data_dir, *, name, val_fraction, seed):
+def split(meta, data_dir, *, name, val_fraction, seed, target):
   """The split `name` (config.data.split) of `meta`: {'train', 'val', 'test'} -> Metadata.
 
   'official': NIH's train_val_list.txt / test_list.txt in `data_dir`, with `val_fraction` of the train_val
   patients carved out for validation. 'random': the seeded patient-level 70/10/20 split CheXNet used
-  (`val_fraction` and `data_dir` are not read).
+  (`val_fraction` and `data_dir` are not read). Both are stratified by label, with `target`'s (a CLASSES
+  name, config.data.target) positive patients dealt out in exact proportions; `seed` is
+  config.data.split_seed.
   """
   if not 0.0 <= val_fraction < 1.0:
     raise DataError(f"data.val_fraction {val_fraction} must be in [0, 1).")
+  if target is not None and target not in CLASSES:
+    raise DataError(f"data.target {target!r} is not one of {', '.join(CLASSES)}.")
   if name == "official":
-    return official_split(meta, data_dir, val_fraction=val_fraction, seed=seed)
+    return official_split(meta, data_dir, val_fraction=val_fraction, seed=seed, target=target)
   if name == "random":
-    return random_split(meta, seed=seed)
+    return random_split(meta, seed=seed, target=target)
   raise DataError(f"Unknown data.split {name!r}; choose one of {', '.join(repr(s) for s in SPLITS)}.")
+
+
+def describe_split(splits, *, target):
+  """What each part of `splits` (name -> Metadata) holds of `target`, for logs and reports.
+
+  Returns name -> {images, patients, target_images, target_patients, target_prevalence (target images /
+  images; None when empty)}: plain Python numbers, ready for json.dumps.
+  """
+  t = CLASSES.index(target)
+  out = {}
+  for name, m in splits.items():
+    carries = m.labels[:, t] > 0
+    out[name] = {"images": len(m), "patients": int(len(np.unique(m.patients))),
+                 "target_images": int(carries.sum()), "target_patients": int(len(np.unique(m.patients[carries]))),
+                 "target_prevalence": float(carries.mean()) if len(m) else None}
+  return out
 
 
 def table1(splits):
@@ -369,3 +508,10 @@ def find_images(data_dir, names):
       for entry in os.scandir(folder):
         where.setdefault(entry.name, entry.path)
   return {n: where.get(n) for n in names}
+
+
+def class_name(label):
+  """The name in CLASSES that `label` means (BBox_List_2017.csv's 'Infiltrate' -> 'Infiltration'), or None."""
+  label = label.strip()
+  label = _LABEL_ALIASES.get(label, label)
+  return label if label in CLASSES else None

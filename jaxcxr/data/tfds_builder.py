@@ -67,10 +67,10 @@ class ChestXray14(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     directory = os.fspath(dl_manager.manual_dir)
-    label_file = nih.find_label_file(directory)
-    if label_file is None:
-      raise nih.DataError(f"No NIH ChestX-ray14 label file ({nih.LABEL_FILE}) in {directory}.\n"
-                          f"{datasets.NIH_DOWNLOAD}")
+    try:
+      label_file = nih.locate_label_file(directory)
+    except nih.DataError as e:
+      raise nih.DataError(f"{e}\n{datasets.NIH_DOWNLOAD}") from None
     meta = nih.read_labels(label_file)
     prepared = datasets.prepare(directory, meta, size=self.builder_config.image_size)  # Reuses a finished one.
     out = {}
