@@ -17,6 +17,8 @@ Parts (--parts, comma-separated):
   peer     (with --peer=torchvision, when PyTorch and torchvision are installed) torchvision's model of the same
            name in PyTorch on the same kind of device, batch, resolution, one input channel and precision
            (CUDA: bf16 autocast + channels_last; CPU: float32), BCE-with-logits and AdamW; ratio jaxcxr/torch.
+           Eager, and (--peer_compile) again with the model under `torch.compile` (Inductor), whose row says
+           why when it fails or runs past --peer_timeout. Each runs in its own child process.
 Subprocess parts (compile, peer) run before this process touches the accelerator, so each gets the whole
 device memory. Results print as a table and go to --json_out (default: a new file under the temp folder,
 whose path is printed).
@@ -54,6 +56,8 @@ flags.DEFINE_string("json_out", "", "Where to write the JSON results (default: a
                     "printed).")
 flags.DEFINE_enum("peer", "torchvision", ["torchvision", "none"], "Also time torchvision's model in PyTorch "
                   "(skipped with a message when torch/torchvision are not installed).")
+flags.DEFINE_bool("peer_compile", True, "Also time the PyTorch peer with its model under torch.compile.")
+flags.DEFINE_integer("peer_timeout", 1800, "Seconds each PyTorch peer child may run (compiling included).")
 flags.DEFINE_list("parts", list(PARTS), f"Which of {', '.join(PARTS)} to run.")
 flags.DEFINE_enum("data", "auto", ["auto", "synthetic"], "Loader data: 'auto' uses the config's prepared data "
                   "when present, else a synthetic in-memory split; 'synthetic' always the latter.")
@@ -249,8 +253,11 @@ def _repo_env():
 
 def _run_child(code, *args, timeout_s=1800):
   """Runs `python -c code args...`; returns the JSON object the child prints on its last stdout line."""
-  proc = subprocess.run([sys.executable, "-c", code, *args], env=_repo_env(), capture_output=True, text=True,
-                        timeout=timeout_s, check=False)
+  try:
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=_repo_env(), capture_output=True, text=True,
+                          timeout=timeout_s, check=False)
+  except subprocess.TimeoutExpired as e:
+    raise RuntimeError(f"bench child process ran past {timeout_s} s and was stopped.") from e
   lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
   if proc.returncode or not lines:
     tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
@@ -298,7 +305,7 @@ TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet15
 PEER_CODE = r"""
 import json, statistics, sys, time
 import torch, torchvision
-name, batch, size, steps, warmup, windows, want = sys.argv[1:8]
+name, batch, size, steps, warmup, windows, want, mode = sys.argv[1:9]
 batch, size, steps, warmup, windows = map(int, (batch, size, steps, warmup, windows))
 cuda = want == "cuda" and torch.cuda.is_available()
 dev = torch.device("cuda" if cuda else "cpu")
@@ -312,6 +319,8 @@ else:
   model.features.conv0 = new
 fmt = torch.channels_last if cuda else torch.contiguous_format
 model = model.to(dev, memory_format=fmt).train()
+if mode == "compile":
+  model = torch.compile(model)  # Inductor; forward and backward compile on the first step.
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4, **({"fused": True} if cuda else {}))
 loss_fn = torch.nn.BCEWithLogitsLoss()
 g = torch.Generator().manual_seed(0)
@@ -329,7 +338,11 @@ def step():
 def sync():
   if cuda:
     torch.cuda.synchronize()
-for _ in range(max(warmup, 1)):
+t0 = time.perf_counter()
+step()
+sync()
+first = time.perf_counter() - t0
+for _ in range(max(warmup - 1, 0)):
   step()
 sync()
 secs = []
@@ -345,12 +358,16 @@ print(json.dumps({"images_per_s": batch * steps / med, "ms_per_step": 1e3 * med 
                   "device": torch.cuda.get_device_name() if cuda else "cpu",
                   "precision": "bf16 autocast, channels_last, fused AdamW" if cuda else "float32",
                   "torch": torch.__version__, "torchvision": torchvision.__version__,
-                  "threads": torch.get_num_threads(), "final_loss": loss.item()}))
+                  "threads": torch.get_num_threads(), "final_loss": loss.item(), "mode": mode,
+                  "first_step_s": first}))
 """
 
 
-def bench_peer(config, *, steps, warmup, windows):
-  """torchvision's model of config.model.name in PyTorch, or a dict with 'skipped' saying why."""
+def bench_peer(config, *, steps, warmup, windows, mode="eager", timeout_s=1800):
+  """torchvision's model of config.model.name in PyTorch, or a dict with 'skipped' saying why.
+
+  mode: 'eager', or 'compile' (the model under torch.compile; its failure is a 'skipped' with the reason).
+  """
   name = config.model.name
   # Not imported here: PyTorch's CUDA libraries loaded into this process could clash with JAX's.
   missing = [m for m in ("torch", "torchvision") if importlib.util.find_spec(m) is None]
@@ -360,8 +377,32 @@ def bench_peer(config, *, steps, warmup, windows):
     return {"skipped": f"no torchvision counterpart of model.name={name!r} (have {', '.join(TORCHVISION_MODELS)})."}
   platforms = os.environ.get("JAX_PLATFORMS", "")
   want = "cpu" if platforms and not any(p in platforms for p in ("cuda", "gpu")) else "cuda"
-  return _run_child(PEER_CODE, name, str(config.train.batch_size), str(config.data.image_size), str(steps),
-                    str(warmup), str(windows), want)
+  args = (name, str(config.train.batch_size), str(config.data.image_size), str(steps), str(warmup),
+          str(windows), want, mode)
+  if mode == "eager":
+    return _run_child(PEER_CODE, *args, timeout_s=timeout_s)
+  try:
+    return _run_child(PEER_CODE, *args, timeout_s=timeout_s)
+  except RuntimeError as e:  # torch.compile is optional: say why it did not run, keep the other rows.
+    return {"skipped": f"torch.compile did not run: {str(e).strip().splitlines()[-1][:300]}"}
+
+
+PEER_ROWS = {"eager": "peer_torchvision", "compile": "peer_torch_compile"}
+
+
+def peer_notes(peer_results, *, config, step):
+  """Adds each peer row's note and, with the `step` result, jaxcxr's images/s over the peer's."""
+  for mode, r in peer_results.items():
+    if "skipped" in r:
+      continue
+    note = (f"torch {r['torch']} on {r['device']}, {r['precision']}, batch {config.train.batch_size}, "
+            f"{config.data.image_size} px, {'torch.compile' if mode == 'compile' else 'eager'}")
+    if mode == "compile":
+      note += f" (first step {r['first_step_s']:.0f} s)"
+    if step is not None:
+      r["jaxcxr_over_torch"] = step["images_per_s"] / r["images_per_s"]
+      note += f"; jaxcxr step / torch = {r['jaxcxr_over_torch']:.2f}x"
+    r["notes"] = note
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -388,7 +429,8 @@ def format_table(results):
   return "\n".join(lines)
 
 
-def run_bench(config, *, parts, steps, warmup, windows, peer, data, synthetic_images):
+def run_bench(config, *, parts, steps, warmup, windows, peer, data, synthetic_images, peer_compile=False,
+              peer_timeout=1800):
   """Runs the parts and returns the results dict (see the module docstring)."""
   unknown = set(parts) - set(PARTS)
   if unknown:
@@ -404,10 +446,14 @@ def run_bench(config, *, parts, steps, warmup, windows, peer, data, synthetic_im
     cache_dir = tempfile.mkdtemp(prefix="jaxcxr_bench_xla_")
     print(f"bench: compiling the train step cold and warm in two processes (cache {cache_dir}) ...", flush=True)
     out["compile"] = bench_compile(config, cache_dir)
-  peer_result = None
+  peer_results = {}
   if peer != "none":
-    print("bench: timing the PyTorch peer in a child process ...", flush=True)
-    peer_result = bench_peer(config, steps=steps, warmup=warmup, windows=windows)
+    for mode in ("eager", "compile") if peer_compile else ("eager",):
+      print(f"bench: timing the PyTorch peer ({mode}) in a child process ...", flush=True)
+      peer_results[mode] = bench_peer(config, steps=steps, warmup=warmup, windows=windows, mode=mode,
+                                      timeout_s=peer_timeout)
+      if mode == "eager" and "skipped" in peer_results[mode]:
+        break  # No torch: no compiled peer either.
   # The step reuses the warm cache the compile part wrote (the same program), else the config's cache.
   cli.enable_compilation_cache(cache_dir or config.train.compilation_cache)
   import jax  # pylint: disable=g-import-not-at-top
@@ -443,16 +489,9 @@ def run_bench(config, *, parts, steps, warmup, windows, peer, data, synthetic_im
     if "step" in out:
       note += f"; {100 * out['e2e']['images_per_s'] / out['step']['images_per_s']:.0f}% of step"
     out["e2e"]["notes"] = note
-  if peer_result is not None:
-    if "skipped" not in peer_result:
-      note = (f"torch {peer_result['torch']} on {peer_result['device']}, {peer_result['precision']}, "
-              f"batch {config.train.batch_size}, {config.data.image_size} px, eager")
-      if "step" in out:
-        ratio = out["step"]["images_per_s"] / peer_result["images_per_s"]
-        peer_result["jaxcxr_over_torch"] = ratio
-        note += f"; jaxcxr step / torch = {ratio:.2f}x"
-      peer_result["notes"] = note
-    out["peer_torchvision"] = peer_result
+  peer_notes(peer_results, config=config, step=out.get("step"))
+  for mode, r in peer_results.items():
+    out[PEER_ROWS[mode]] = r
   return results
 
 
@@ -463,7 +502,8 @@ def main(argv):
   with cli.user_errors("jaxcxr.bench", nih.DataError, ValueError, RuntimeError):
     results = run_bench(config, parts=[p.strip() for p in FLAGS.parts if p.strip()], steps=FLAGS.steps,
                         warmup=FLAGS.warmup, windows=FLAGS.windows, peer=FLAGS.peer, data=FLAGS.data,
-                        synthetic_images=FLAGS.synthetic_images)
+                        synthetic_images=FLAGS.synthetic_images, peer_compile=FLAGS.peer_compile,
+                        peer_timeout=FLAGS.peer_timeout)
   d = results["device"]
   print(f"\njaxcxr.bench: {d['count']} x {d['kind']} ({d['platform']}), JAX {d['jax']}, "
         f"compute {results['config']['compute_dtype']}, host {d['host_cpus']} CPUs"

@@ -12,6 +12,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from jaxcxr import bench
 from jaxcxr import cli
@@ -73,6 +74,54 @@ def test_peer_is_skipped_without_pytorch(tmp_path, monkeypatch):
   config.model.name = "resnet_tiny"
   monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
   assert "no torchvision counterpart" in bench.bench_peer(config, steps=1, warmup=1, windows=1)["skipped"]
+
+
+def test_a_failing_torch_compile_is_a_skipped_row_with_the_reason(tmp_path, monkeypatch):
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+  modes = []
+
+  def child(code, *args, timeout_s):
+    del code, timeout_s
+    modes.append(args[-1])
+    if args[-1] == "compile":
+      raise RuntimeError("bench child process failed (exit 1):\nInductorError: no C++ compiler")
+    return {"images_per_s": 10.0}
+
+  monkeypatch.setattr(bench, "_run_child", child)
+  config = _config(str(tmp_path))
+  config.model.name = "resnet18"
+  assert bench.bench_peer(config, steps=1, warmup=1, windows=1) == {"images_per_s": 10.0}
+  res = bench.bench_peer(config, steps=1, warmup=1, windows=1, mode="compile")
+  assert res["skipped"] == "torch.compile did not run: InductorError: no C++ compiler"
+  assert modes == ["eager", "compile"]
+
+
+def test_peer_notes_give_jaxcxr_over_each_peer(tmp_path):
+  config = _config(str(tmp_path))
+  peers = {"eager": {"images_per_s": 50.0, "torch": "2.x", "device": "cpu", "precision": "float32"},
+           "compile": {"images_per_s": 80.0, "torch": "2.x", "device": "cpu", "precision": "float32",
+                       "first_step_s": 12.0},
+           }
+  bench.peer_notes(peers, config=config, step={"images_per_s": 40.0})
+  assert math.isclose(peers["eager"]["jaxcxr_over_torch"], 0.8)
+  assert math.isclose(peers["compile"]["jaxcxr_over_torch"], 0.5)
+  assert "eager" in peers["eager"]["notes"] and "torch.compile" in peers["compile"]["notes"]
+  skipped = {"compile": {"skipped": "why"}}
+  bench.peer_notes(skipped, config=config, step={"images_per_s": 40.0})
+  assert skipped == {"compile": {"skipped": "why"}}
+
+
+def test_torchvision_peer_runs_when_pytorch_is_installed(tmp_path):
+  pytest.importorskip("torch")
+  pytest.importorskip("torchvision")
+  config = _config(str(tmp_path))
+  config.model.name = "resnet18"
+  config.data.image_size, config.train.batch_size = 32, 2
+  res = bench.bench_peer(config, steps=1, warmup=1, windows=2)
+  assert res["mode"] == "eager" and res["device"] == "cpu"
+  assert len(res["window_images_per_s"]) == 2 and res["images_per_s"] > 0
+  assert math.isclose(res["images_per_s"] * res["ms_per_step"] / 1e3 / 2, 1.0, rel_tol=1e-9)
+  assert np.isfinite(res["final_loss"])
 
 
 def test_enable_compilation_cache(tmp_path):

@@ -9,15 +9,21 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxcxr.models import conv as conv_lib
+
 
 def layers(*, dtype, train, bn_axis_name=None):
   """(conv, norm) factories: bias-free convolutions; BatchNorm with PyTorch's momentum and epsilon.
+
+  The convolutions go through `jaxcxr.models.conv.conv_general_dilated`: XLA's own, except on CPU for
+  tiny output maps, where the same sums run as one matmul (parameters and results unchanged).
 
   Under jit with a batch-sharded input, XLA computes the batch statistics over the global batch. Inside
   shard_map each device sees only its shard: `bn_axis_name` (the mesh axis, 'data') makes BatchNorm
   average its training statistics over that axis. Parameters and their names do not depend on it.
   """
-  conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype)
+  conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype,
+                           conv_general_dilated=conv_lib.conv_general_dilated)
   norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
                            dtype=dtype, axis_name=bn_axis_name)
   return conv, norm

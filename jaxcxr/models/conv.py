@@ -1,0 +1,117 @@
+"""A drop-in for `lax.conv_general_dilated` that computes convolutions over tiny maps as one matmul on CPU.
+
+Why: XLA:CPU runs a 3x3 convolution whose output map is 1x1 or 2x2 (256-512 channels) 25-100 times slower
+per FLOP than the same convolution over a 4x4 map (`benchmarks/xla_cpu_small_conv.py` reproduces it).
+ResNet-18's last stage is 2x2 at 64 px input and 1x1 at ChestMNIST's 28 px, so on CPU those few layers
+took most of the train step.
+
+What: `conv_general_dilated` has `lax.conv_general_dilated`'s signature (Flax's `nn.Conv` takes it as its
+`conv_general_dilated` attribute, so parameters, their names and shapes do not change). For a plain 2-D
+NHWC x HWIO convolution (no dilation, no feature groups) whose output map has at most
+`MAX_MATMUL_PIXELS` pixels, traced for the CPU backend, it pads the input explicitly, takes one strided
+slice of it per kernel tap, concatenates the slices along the channels (im2col) and multiplies by the
+kernel reshaped to (taps * Cin, Cout): the same sums as the convolution. Taps whose every read lands in
+the zero padding (e.g. the 8 outer taps of a 3x3 kernel over a 1x1 map) contribute exact zeros and are
+left out. Everything else, and every other backend, goes to `lax.conv_general_dilated` unchanged.
+Gradients follow by autodiff (slices transpose to pads, the matmul to matmuls).
+"""
+
+import functools
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+# Output maps with at most this many pixels (per image) take the matmul path on CPU. Measured with
+# benchmarks/xla_cpu_small_conv.py (512 channels, batch 64; BENCHMARKS.md): at 2x2 the matmul takes 61-115 ms
+# where XLA's convolution takes 8-12 s, at 1x1 33 ms against 112 ms; at 4x4 they are even (250-400 ms each),
+# so larger maps stay with XLA.
+MAX_MATMUL_PIXELS = 4
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _is_nhwc(dimension_numbers, ndim):
+  if ndim != 4 or dimension_numbers is None:
+    return False
+  if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+    return dimension_numbers == lax.conv_dimension_numbers((1,) * 4, (1,) * 4, _NHWC)
+  return tuple(dimension_numbers) == _NHWC
+
+
+def output_size(size, *, kernel, stride, pad):
+  """Output length along one axis of a convolution with explicit `pad` = (low, high)."""
+  return (size + pad[0] + pad[1] - kernel) // stride + 1
+
+
+def live_taps(size, *, kernel, stride, pad):
+  """Kernel offsets along one axis whose reads touch at least one real (non-padding) element."""
+  out = output_size(size, kernel=kernel, stride=stride, pad=pad)
+  return [k for k in range(kernel)
+          if any(pad[0] <= k + stride * o < pad[0] + size for o in range(out))]
+
+
+def uses_matmul(lhs_shape, rhs_shape, *, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                dimension_numbers=None, feature_group_count=1, batch_group_count=1, backend=None):
+  """Whether `conv_general_dilated` takes the patches + matmul path for these static arguments."""
+  if (backend or jax.default_backend()) != "cpu":
+    return False
+  if not _is_nhwc(dimension_numbers, len(lhs_shape)) or feature_group_count != 1 or batch_group_count != 1:
+    return False
+  if any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ())):
+    return False
+  pads = _pads(lhs_shape, rhs_shape, window_strides, padding)
+  pixels = 1
+  for a in range(2):
+    axis = dict(kernel=rhs_shape[a], stride=window_strides[a], pad=pads[a])
+    out = output_size(lhs_shape[1 + a], **axis)
+    if out < 1 or not live_taps(lhs_shape[1 + a], **axis):
+      return False  # Degenerate (empty output, or all of it read from padding): left to XLA.
+    pixels *= out
+  return pixels <= MAX_MATMUL_PIXELS
+
+
+def _pads(lhs_shape, rhs_shape, window_strides, padding):
+  """Explicit (low, high) padding of the two spatial axes."""
+  if isinstance(padding, str):
+    return lax.padtype_to_pads(lhs_shape[1:3], rhs_shape[:2], window_strides, padding)
+  return [tuple(p) for p in padding]
+
+
+def _take(x, taps, axis):
+  """`x` restricted to the kernel offsets `taps` along `axis` (a slice when they are contiguous)."""
+  if taps == list(range(taps[0], taps[-1] + 1)):
+    return lax.slice_in_dim(x, taps[0], taps[-1] + 1, axis=axis)
+  return jnp.take(x, jnp.asarray(taps), axis=axis)
+
+
+def conv_as_matmul(lhs, rhs, *, window_strides, padding, precision=None, preferred_element_type=None):
+  """A 2-D NHWC x HWIO convolution as explicit padding + strided slices (im2col) + one matmul."""
+  n, h, w, cin = lhs.shape
+  kh, kw, _, cout = rhs.shape
+  (sh, sw), (ph, pw) = window_strides, _pads(lhs.shape, rhs.shape, window_strides, padding)
+  ho, wo = output_size(h, kernel=kh, stride=sh, pad=ph), output_size(w, kernel=kw, stride=sw, pad=pw)
+  rows, cols = live_taps(h, kernel=kh, stride=sh, pad=ph), live_taps(w, kernel=kw, stride=sw, pad=pw)
+  # lax.pad also takes negative padding (cropping), as lax.conv_general_dilated does.
+  x = lax.pad(lhs, jnp.zeros((), lhs.dtype), ((0, 0, 0), (*ph, 0), (*pw, 0), (0, 0, 0)))
+  patches = [lax.slice(x, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, cin), (1, sh, sw, 1))
+             for i in rows for j in cols]
+  patches = jnp.concatenate(patches, axis=-1) if len(patches) > 1 else patches[0]
+  # Row-major (tap row, tap column, input channel), the order the patches were concatenated in.
+  kernel = _take(_take(rhs, rows, 0), cols, 1).reshape(-1, cout)
+  out = lax.dot_general(patches.reshape(n * ho * wo, -1), kernel, (((1,), (0,)), ((), ())),
+                        precision=precision, preferred_element_type=preferred_element_type)
+  return out.reshape(n, ho, wo, cout)
+
+
+@functools.wraps(lax.conv_general_dilated)
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
+                         preferred_element_type=None):
+  kwargs = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                feature_group_count=feature_group_count, batch_group_count=batch_group_count)
+  if uses_matmul(lhs.shape, rhs.shape, window_strides=tuple(window_strides), padding=padding, **kwargs):
+    return conv_as_matmul(lhs, rhs, window_strides=tuple(window_strides), padding=padding, precision=precision,
+                          preferred_element_type=preferred_element_type)
+  return lax.conv_general_dilated(lhs, rhs, window_strides, padding, precision=precision,
+                                  preferred_element_type=preferred_element_type, **kwargs)
