@@ -20,8 +20,9 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", 64, "Side of the square 8-bit g
                                    lower_bound=16)
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed; the same seed gives byte-identical files.", lower_bound=0)
 _LABEL_NOISE = flags.DEFINE_float(
-    "label_noise", 0.0, "Probability that each positive label is left out of the label file (a missed "
-    "finding); the image still shows it.", lower_bound=0.0, upper_bound=1.0)
+    "label_noise", 1.0, "Scale of the per-finding label noise rates (jaxcxr/data/phantom.py LABEL_NOISE): 1 "
+    "writes labels with the documented rates of missed and spurious findings, 0 writes the painted labels. "
+    f"The painted labels always go to {phantom.CLEAN_LABEL_FILE}.", lower_bound=0.0, upper_bound=4.0)
 _HERNIA_PREVALENCE = flags.DEFINE_float(
     "hernia_prevalence", None, "Per-image prevalence of Hernia (default: NIH's "
     f"{phantom.DEFAULT_PREVALENCE['Hernia']}). The other classes keep their NIH prevalences.",
