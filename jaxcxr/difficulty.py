@@ -110,8 +110,8 @@ def _logreg_control(x, y_train, y_test, train, test, groups, seed):
   xt, xs = scaler.transform(x[train]), scaler.transform(x[test])
   folds = model_selection.StratifiedGroupKFold(3, shuffle=True, random_state=seed)
   cv = list(folds.split(xt, y_train, groups[train]))
-  model = linear_model.LogisticRegressionCV(Cs=list(LOGREG_CS), cv=cv, scoring="roc_auc", max_iter=300,
-                                            tol=1e-3)
+  model = linear_model.LogisticRegressionCV(Cs=list(LOGREG_CS), l1_ratios=(0.0,), cv=cv, scoring="roc_auc",
+                                            max_iter=300, tol=1e-3, use_legacy_attributes=False)
   model.fit(xt, y_train)
   scores = model.decision_function(xs)
   return {"logreg_auroc": _auroc(y_test, scores), "logreg_C": float(np.ravel(model.C_)[0]), "_scores": scores}

@@ -817,6 +817,8 @@ def _render_batch(size, seed, studies, with_boxes=False):
   vessel_gain = np.ones_like(x)
   rib_gain = np.ones_like(x)
   boxes = [{} for _ in anats]
+  if with_boxes:
+    below_unraised = _sig((_dome(ax, p, -1) + np.where(right, p.dome_left, 0.0) - y) / (soft + 0.006))
   for i, a in enumerate(anats):
     if not a.labels:
       continue
@@ -845,7 +847,10 @@ def _render_batch(size, seed, studies, with_boxes=False):
         _FINDINGS[name](c, lungs, a.finding_rng[name], a.strength[name])
         if with_boxes and name in BOXED:
           after = (c.add, c.opac, c.air_gain, c.vessel_gain)
-          boxes[i][name] = _box(sum(np.abs(u - v) for u, v in zip(after, before)))
+          effect = sum(np.abs(u - v) for u, v in zip(after, before))
+          if name == "Atelectasis":  # With the hemidiaphragm it lifted.
+            effect = effect / max(float(effect.max()), 1e-6) + np.abs(below[i] - below_unraised[i])
+          boxes[i][name] = _box(effect)
     if with_boxes and "Cardiomegaly" in a.labels:
       boxes[i]["Cardiomegaly"] = _box(heart[i])
     add[i], opac[i], air_gain[i], vessel_gain[i], rib_gain[i] = c.add, c.opac, c.air_gain, c.vessel_gain, c.rib_gain
