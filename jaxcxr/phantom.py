@@ -17,7 +17,6 @@ regression on 16 x 16 pixels; fitted on train_val, scored on test) are computed 
 import json
 import os
 
-from absl import app
 from absl import flags
 
 from jaxcxr import cli
@@ -47,6 +46,9 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 _DIFFICULTY = flags.DEFINE_bool(
     "difficulty", False, "Compute the no-learning difficulty controls on the set in --out (generating it "
     "first unless a complete set with these parameters is there) and write --out/difficulty.json.")
+_GRID = flags.DEFINE_string(
+    "grid", None, "Also write a PNG grid of test images of the set in --out, one row per boxed finding, each "
+    "finding drawn with its ground-truth box, upscaled 4x (for the README). Reuses a complete set in --out.")
 _FINDINGS = flags.DEFINE_list("findings", None, "With --difficulty: the findings to score (default: all 14).")
 
 flags.mark_flag_as_required("out")
@@ -88,6 +90,32 @@ def format_difficulty(results):
   return "\n".join(lines)
 
 
+def write_grid(data_dir, path, *, per_row=6, scale=4):
+  """Writes a PNG: per finding of phantom.BOXED, `per_row` test images painted with it, its box in red."""
+  import csv  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  boxes = {}
+  with open(os.path.join(data_dir, phantom.BBOX_FILE), newline="", encoding="utf-8") as f:
+    for row in list(csv.reader(f))[1:]:
+      boxes.setdefault(row[1], []).append((row[0], tuple(int(float(v)) for v in row[2:6])))
+  rows = []
+  for finding in phantom.BOXED:
+    tiles = []
+    for name, (x, y, w, h) in boxes.get(finding, [])[:per_row]:
+      with Image.open(os.path.join(data_dir, phantom.IMAGES, name)) as im:
+        im = im.convert("RGB")
+      im = im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST)
+      ImageDraw.Draw(im).rectangle([x * scale, y * scale, (x + w) * scale - 1, (y + h) * scale - 1],
+                                   outline=(255, 40, 40))
+      ImageDraw.Draw(im).text((3, 2), finding, fill=(255, 255, 0))
+      tiles.append(np.asarray(im))
+    if tiles:
+      tiles += [np.zeros_like(tiles[0])] * (per_row - len(tiles))
+      rows.append(np.concatenate(tiles, 1))
+  Image.fromarray(np.concatenate(rows, 0)).save(path)
+
+
 def main(argv):
   cli.start(argv, logs=False)
   prevalence = None if _HERNIA_PREVALENCE.value is None else {"Hernia": _HERNIA_PREVALENCE.value}
@@ -99,7 +127,7 @@ def main(argv):
   unknown = [f for f in _FINDINGS.value or () if f not in CLASSES]
   if unknown:
     raise errors.ConfigError(f"--findings: unknown finding {unknown[0]!r}; known: {', '.join(CLASSES)}.")
-  if _DIFFICULTY.value:
+  if _DIFFICULTY.value or _GRID.value:  # Reuse a complete set.
     try:
       summary = phantom.ensure(_OUT.value, **params)
     except ValueError as e:
@@ -107,6 +135,9 @@ def main(argv):
   else:
     summary = phantom.generate(_OUT.value, **params)
   print(format_summary(summary))
+  if _GRID.value:
+    write_grid(summary["out_dir"], _GRID.value)
+    print(f"Grid of boxed findings written to {_GRID.value}")
   if _DIFFICULTY.value:
     results = difficulty.controls_for_folder(summary["out_dir"], findings=_FINDINGS.value,
                                              clean_label_file=phantom.CLEAN_LABEL_FILE)
@@ -119,4 +150,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, "jaxcxr.phantom")

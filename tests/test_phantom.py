@@ -515,6 +515,27 @@ def test_cli_writes_dataset_and_prints_table(tmp_path):
   assert stored["params"]["prevalence"]["Hernia"] == 0.05 and stored["params"]["num_images"] == 40
 
 
+def test_cli_difficulty_and_grid_reuse_the_set_and_write_json(tmp_path):
+  out = tmp_path / "cli"
+  flags = [f"--out={out}", "--num_images=300", "--image_size=32", "--hernia_prevalence=0.2", "--noprogress"]
+  phantom.generate(str(out), num_images=300, image_size=32, prevalence={"Hernia": 0.2}, progress=False)
+  before = os.stat(out / "images" / "00000001_000.png").st_mtime_ns
+  result = subprocess.run(
+      [sys.executable, "-m", "jaxcxr.phantom", *flags, "--difficulty", "--findings=Hernia",
+       f"--grid={tmp_path / 'grid.png'}"], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr
+  assert os.stat(out / "images" / "00000001_000.png").st_mtime_ns == before  # Reused, not regenerated.
+  with open(out / "difficulty.json") as f:
+    stored = json.load(f)
+  assert set(stored["controls"]) == {"Hernia"} and "Hernia" in result.stdout and "window" in result.stdout
+  assert 0 <= stored["controls"]["Hernia"]["logreg_auroc"] <= 1
+  with Image.open(tmp_path / "grid.png") as im:
+    assert im.width == 6 * 32 * 4 and im.height >= 32 * 4
+  bad = subprocess.run([sys.executable, "-m", "jaxcxr.phantom", *flags, "--difficulty", "--findings=Hernias"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert bad.returncode == 2 and "Hernias" in bad.stderr
+
+
 def test_cli_requires_out():
   result = subprocess.run([sys.executable, "-m", "jaxcxr.phantom", "--num_images=5"], cwd=REPO,
                           capture_output=True, text=True, timeout=120, check=False)
