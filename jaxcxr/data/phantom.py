@@ -284,14 +284,14 @@ _ANATOMY_RANGES = {
     "heart_x": (0.07, 0.11), "heart_y": (0.25, 0.30), "heart_w": (0.30, 0.34), "heart_h": (0.20, 0.24),
     "heart_rot": (0.35, 0.55),  # Long axis tilted down towards the apex (image right).
     "gastric_p": (0.0, 1.0), "gastric_r": (0.05, 0.11),  # Stomach bubble under the left hemidiaphragm,
-    "gastric_dx": (-0.20, 0.12),  # its offset from below the lung's apex (u).
+    "gastric_dx": (-0.12, 0.12),  # its offset from below the lung's apex (u).
     "rib_sp": (0.100, 0.118), "rib_phase": (0.0, 1.0), "rib_amp": (0.05, 0.075),
     "air": (0.62, 0.70),
     "breast_r": (0.30, 0.38),
     # Normal variants that mimic findings (look-alikes, never labelled; see LOOK_ALIKES). *_p draws presence.
     # Pericardial fat pad at the cardiophrenic angle (Hernia, Cardiomegaly): a fuzzy soft-tissue density.
-    "fat_pad_p": (0.0, 1.0), "fat_pad": (0.14, 0.34), "fat_pad_x": (-0.04, 0.18), "fat_pad_r": (0.07, 0.13),
-    "fat_pad_up": (0.0, 0.8),
+    "fat_pad_p": (0.0, 1.0), "fat_pad": (0.18, 0.40), "fat_pad_x": (-0.04, 0.18), "fat_pad_r": (0.07, 0.13),
+    "fat_pad_up": (0.3, 1.1),
     # Medial border of the scapula projected over the upper lateral lung (Pneumothorax).
     "scap_p": (0.0, 1.0), "scap_u": (0.50, 0.62), "scap_tilt": (0.10, 0.35), "scap_amp": (0.04, 0.08),
     # Minor fissure (Atelectasis), nipple shadows (Nodule, Mass), extrapleural companion stripe (Pleural_Thickening).
@@ -303,7 +303,7 @@ _ANATOMY_RANGES = {
 _LOOK_ALIKE_RATES = {
     "gastric_bubble": 0.70,  # Patients whose stomach shows air; 85% of their studies show it (per study).
     "fat_pad": 0.35,
-    "retrocardiac_air": 0.15,  # Per study: air in the oesophagus or a high fundus behind the heart.
+    "retrocardiac_air": 0.25,  # Per study: air in the oesophagus or a high fundus behind the heart.
     "scapular_edge": 0.50,
     "skin_fold": 0.12,  # Per study, PA; 0.30 on AP films (patient lying on a cassette).
     "end_on_vessels": 1.0,  # Every film: 1-4 dots near the hila (per study).
@@ -542,14 +542,14 @@ def _paint_hernia(c, lungs, g, s):
   aspect = g.uniform(0.8, 1.25)
   rx, ry = r * aspect, r / aspect
   cx = g.uniform(-0.06, 0.16)
-  cy = _dome(0.25, a, 1) - ry * g.uniform(0.3, 1.1)
+  cy = _dome(0.25, a, 1) - ry * g.uniform(0.7, 1.3)
   edge = c.soft + 0.008
   d = np.sqrt(((c.x - cx) / rx) ** 2 + ((c.y - cy) / ry) ** 2)
   sac = _sig((1.0 - d) * ry / edge)
   c.add += g.uniform(0.14, 0.28) * s * sac
-  level = cy - ry + 2.0 * ry * g.uniform(0.30, 0.60)
+  level = cy - ry + 2.0 * ry * g.uniform(0.30, 0.55)
   bubble = sac * _sig((level - c.y) / edge) * _sig((0.8 - d) * ry / edge)
-  c.add -= g.uniform(0.30, 0.45) * s * bubble
+  c.add -= g.uniform(0.35, 0.50) * s * bubble
 
 
 def _paint_infiltration(c, lungs, g, s):
