@@ -303,7 +303,7 @@ _ANATOMY_RANGES = {
 _LOOK_ALIKE_RATES = {
     "gastric_bubble": 0.70,  # Patients whose stomach shows air; 85% of their studies show it (per study).
     "fat_pad": 0.35,
-    "retrocardiac_air": 0.25,  # Per study: air in the oesophagus or a high fundus behind the heart.
+    "retrocardiac_air": 0.25,  # Per study, patients without a fat pad: air in the oesophagus or a high fundus.
     "scapular_edge": 0.50,
     "skin_fold": 0.12,  # Per study, PA; 0.30 on AP films (patient lying on a cassette).
     "end_on_vessels": 1.0,  # Every film: 1-4 dots near the hila (per study).
@@ -710,7 +710,9 @@ def _study_setup(size, seed, patient, followup, labels, female, ap):
   gu = a.lung_cu + a.gastric_dx
   a.gastric_x, a.gastric_y = gu, _dome(gu, a, 1) + a.gastric_r * (0.6 + 0.6 * d[3]) + 0.02
   a.fat_y = _dome(0.25, a, 1) - a.fat_pad_up * a.fat_pad_r
-  a.rc_amp = (0.20 + 0.25 * d[4]) if d[5] < _LOOK_ALIKE_RATES["retrocardiac_air"] else 0.0
+  # Retrocardiac air only where no fat pad lies: each look-alike carries one half of a hernia's signature
+  # (density, air), never both at one place.
+  a.rc_amp = (0.20 + 0.25 * d[4]) if d[5] < _LOOK_ALIKE_RATES["retrocardiac_air"] and not a.fat_pad else 0.0
   a.rc_r = 0.05 + 0.06 * d[6]
   a.rc_x, a.rc_y = -0.06 + 0.22 * d[7], _dome(0.25, a, 1) - a.rc_r * (0.8 + 2.0 * d[8])
   fold_rate = _LOOK_ALIKE_RATES["skin_fold"] * (2.5 if ap else 1.0)
