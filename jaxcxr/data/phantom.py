@@ -538,7 +538,7 @@ def _paint_hernia(c, lungs, g, s):
   # (lucent, no sac, no level); the gastric bubble sits below the dome. Place, size, shape, how far the sac
   # rises and how much air it holds vary per patient; contrast per study.
   a = c.a
-  r = g.uniform(0.085, 0.15)
+  r = g.uniform(0.10, 0.16)
   aspect = g.uniform(0.8, 1.25)
   rx, ry = r * aspect, r / aspect
   cx = g.uniform(-0.06, 0.16)
@@ -547,9 +547,9 @@ def _paint_hernia(c, lungs, g, s):
   d = np.sqrt(((c.x - cx) / rx) ** 2 + ((c.y - cy) / ry) ** 2)
   sac = _sig((1.0 - d) * ry / edge)
   c.add += g.uniform(0.14, 0.28) * s * sac
-  level = cy - ry + 2.0 * ry * g.uniform(0.30, 0.55)
+  level = cy - ry + 2.0 * ry * g.uniform(0.35, 0.60)
   bubble = sac * _sig((level - c.y) / edge) * _sig((0.8 - d) * ry / edge)
-  c.add -= g.uniform(0.35, 0.50) * s * bubble
+  c.add -= g.uniform(0.45, 0.60) * s * bubble
 
 
 def _paint_infiltration(c, lungs, g, s):
