@@ -408,22 +408,29 @@ def test_hernia_is_a_small_retrocardiac_density_above_the_diaphragm():
   assert max(outside) == 0
 
 
-def test_hernia_images_brighter_in_retrocardiac_region(tmp_path):
+def test_hernia_images_show_a_brighter_spot_low_in_the_midline(tmp_path):
+  # Version 3 moved away from a bright disk at a fixed spot (a fixed window separated it with AUROC 0.93);
+  # on average the lower midline of a Hernia image still holds a brighter spot (the sac) than a negative's
+  # (fat pads put one in 35% of negatives). The air cap is checked on paired renders below.
   out = str(tmp_path / "hernia")
   phantom.generate(out, num_images=300, image_size=64, seed=2, prevalence={"Hernia": 0.3}, progress=False)
   _, rows = read_rows(out)
   y = label_matrix(rows)[:, CLASSES.index("Hernia")]
   assert 40 < y.sum() < 150
   a = np.stack([pixels(out, row[0]) for row in rows]).astype(float)
-  # Lower midline just above the diaphragm, against the ring around it (exposure varies between films).
-  centre = a[:, 36:46, 28:38]
-  ring = (a[:, 32:50, 24:42].sum((1, 2)) - centre.sum((1, 2))) / (18 * 18 - 10 * 10)
-  contrast = centre.mean((1, 2)) - ring
-  assert contrast[y].mean() > contrast[~y].mean() + 1.0
-  # A small bright spot: the top 5% of the region stands out from its median.
-  region = a[:, 34:48, 26:40].reshape(len(a), -1)
-  spot = np.percentile(region, 95, axis=1) - np.median(region, axis=1)
-  assert spot[y].mean() > spot[~y].mean() + 3.0
+  region = a[:, 30:50, 24:42].reshape(len(a), -1)
+  bright = np.percentile(region, 95, axis=1) - np.median(region, axis=1)
+  assert bright[y].mean() > bright[~y].mean() + 3.0
+
+
+def test_a_hernias_air_cap_lies_above_its_sac():
+  for patient in range(1, 31):
+    with_h = phantom._render(64, 0, patient, 0, ("Hernia",), False, False).astype(float)
+    without = phantom._render(64, 0, patient, 0, (), False, False).astype(float)
+    diff = with_h - without
+    assert diff.max() >= 8 and diff.min() <= -8, patient
+    dark_rows, bright_rows = np.nonzero(diff < -4)[0], np.nonzero(diff > 4)[0]
+    assert dark_rows.mean() < bright_rows.mean(), patient  # Air above the fluid level, the sac below.
 
 
 @pytest.mark.parametrize("finding", phantom.BOXED)
