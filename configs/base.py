@@ -24,7 +24,7 @@ def get_config(arg=None):
   config.data.source = "nih"
   # The data folder. For 'nih': holds Data_Entry_2017_v2020.csv(.gz), train_val_list.txt, test_list.txt and
   # images/ (or images_001/images ... images_012/images). For 'phantom': where the synthetic set is written
-  # (empty = ~/.cache/jaxcxr/phantom-<size>px-<n>img-seed<seed>).
+  # (empty = ~/.cache/jaxcxr/phantom-v<generator version>-<size>px-<n>img-...).
   config.data.dir = "~/data/chestxray14"
   # 'nih' only: the label file, a name inside data.dir or a path. '' = the first found of
   # Data_Entry_2017_v2020.csv(.gz), Data_Entry_2017.csv(.gz) and sample_labels.csv (the label file of
@@ -56,7 +56,10 @@ def get_config(arg=None):
   config.data.phantom = ml_collections.ConfigDict()
   config.data.phantom.num_images = 20_000  # Images to generate (about 77% train_val, 23% test).
   config.data.phantom.hernia_prevalence = 0.002  # Share of images with Hernia (NIH: 0.2%).
-  config.data.phantom.label_noise = 0.0  # Probability that a true positive label is written as negative.
+  # Scale of the per-finding label noise (jaxcxr/data/phantom.py LABEL_NOISE: shares of painted positives
+  # written negative, and fewer spurious positives): 1 = those rates, 0 = the painted labels. The painted
+  # labels are always written beside, in Data_Entry_clean.csv.
+  config.data.phantom.label_noise = 1.0
   config.data.phantom.seed = 0  # Seed of the generator (independent of `seed`, so arms share one dataset).
   # Oversampling of the training stream (jaxcxr/data/sampling.py); validation and test are never resampled.
   config.data.sampling = ml_collections.ConfigDict()

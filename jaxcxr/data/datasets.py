@@ -61,9 +61,11 @@ def data_dir(config):
   """The data folder `config.data` points at (for the phantom, a default cache folder if unset)."""
   d = config.data.dir
   if config.data.source == "phantom" and not d:
+    from jaxcxr.data import phantom  # pylint: disable=g-import-not-at-top
     p = config.data.phantom
     d = os.path.join("~", ".cache", "jaxcxr",
-                     f"phantom-{config.data.image_size}px-{p.num_images}img-h{p.hernia_prevalence}-"
+                     f"phantom-v{phantom.GENERATOR_VERSION}-{config.data.image_size}px-{p.num_images}img-"
+                     f"h{p.hernia_prevalence}-"
                      f"n{p.label_noise}-seed{p.seed}")
   return os.path.abspath(os.path.expanduser(d))
 

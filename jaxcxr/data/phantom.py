@@ -31,6 +31,7 @@ import struct
 import sys
 import zlib
 
+from absl import logging
 import numpy as np
 import tqdm
 
@@ -38,7 +39,12 @@ from jaxcxr.data.nih import CLASSES, LABEL_FILE, NO_FINDING, TEST_LIST, TRAIN_VA
 
 MARKER = "phantom.json"
 IMAGES = "images"
-GENERATOR_VERSION = 2
+CLEAN_LABEL_FILE = "Data_Entry_clean.csv"  # The label file's format, with the labels as painted (no noise).
+BBOX_FILE = "BBox_List_2017.csv"  # NIH's box file format: the painted findings of the test images.
+# Bumped whenever the images or labels for given parameters change; part of phantom.json's parameters, so a
+# folder written by another version is regenerated (`ensure`), never reused.
+GENERATOR_VERSION = 3
+_BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
 _INCOMPLETE = ".phantom_incomplete"
 _NIH_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
                "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
@@ -72,6 +78,18 @@ _VARIANCE_SHARES = {
     "Pleural_Thickening": (0.84, 0.12, 0.00, 0.03, 0.00),
     "Pneumonia":          (0.10, 0.10, 0.00, 0.05, 0.45),
     "Pneumothorax":       (0.25, 0.05, 0.00, 0.00, 0.00),
+}
+# Label noise, per finding: (miss, spurious). miss: share of the painted positives written as negative;
+# spurious: negatives written as positive, as a share of the expected painted positives (so a rare class
+# does not drown in false labels). Report-mined labels miss findings (hedged, "cannot exclude", mentioned
+# only in the impression) more often than they invent them, so miss > spurious everywhere; subtle and
+# loosely named findings (Infiltration, Pneumonia, Nodule, Pleural_Thickening) get the most noise. These
+# are modelling choices, not measured rates. `label_noise` scales both (1 = these rates, 0 = clean labels).
+LABEL_NOISE = {
+    "Atelectasis": (0.15, 0.08), "Cardiomegaly": (0.08, 0.04), "Consolidation": (0.15, 0.08),
+    "Edema": (0.12, 0.06), "Effusion": (0.10, 0.05), "Emphysema": (0.10, 0.04), "Fibrosis": (0.15, 0.06),
+    "Hernia": (0.08, 0.03), "Infiltration": (0.20, 0.10), "Mass": (0.10, 0.05), "Nodule": (0.18, 0.08),
+    "Pleural_Thickening": (0.18, 0.08), "Pneumonia": (0.20, 0.10), "Pneumothorax": (0.10, 0.05),
 }
 CHRONIC = ("Cardiomegaly", "Emphysema", "Fibrosis", "Hernia", "Pleural_Thickening")
 # Studies per patient: 1 to 6, about 2.6 on average.
@@ -111,8 +129,9 @@ def _params(num_images, image_size, seed, label_noise, prevalence):
     raise ValueError(f"image_size must be >= 16, got {image_size}.")
   if seed < 0:
     raise ValueError(f"seed must be >= 0, got {seed}.")
-  if not 0.0 <= label_noise <= 1.0:
-    raise ValueError(f"label_noise must be in [0, 1], got {label_noise}.")
+  if not 0.0 <= label_noise <= _MAX_NOISE_SCALE:
+    raise ValueError(f"label_noise (a scale of the rates in LABEL_NOISE) must be in [0, {_MAX_NOISE_SCALE}], "
+                     f"got {label_noise}.")
   params = {"generator_version": GENERATOR_VERSION, "num_images": num_images, "image_size": image_size,
             "seed": seed, "label_noise": label_noise, "prevalence": _resolve_prevalence(prevalence)}
   return json.loads(json.dumps(params))
@@ -146,6 +165,28 @@ def _sample_labels(patients, prevalence, rng):
   nd = statistics.NormalDist()
   thresholds = np.asarray([nd.inv_cdf(1.0 - q) if q > 0 else np.inf for q in p])
   return z > thresholds
+
+
+_MAX_NOISE_SCALE = 4.0
+
+
+def noise_rates(prevalence, scale=1.0):
+  """{class: (P(written negative | positive), P(written positive | negative))} for LABEL_NOISE x scale."""
+  out = {}
+  for c in CLASSES:
+    miss, spurious = LABEL_NOISE[c]
+    p = prevalence[c]
+    out[c] = (min(1.0, scale * miss), min(1.0, scale * spurious * p / (1.0 - p)) if p < 1.0 else 0.0)
+  return out
+
+
+def _add_label_noise(labels, prevalence, scale, rng):
+  """The labels as written: each positive dropped and each negative flipped at `noise_rates`."""
+  rates = noise_rates(prevalence, scale)
+  miss = np.asarray([rates[c][0] for c in CLASSES])
+  spurious = np.asarray([rates[c][1] for c in CLASSES])
+  u = rng.random(labels.shape)
+  return np.where(labels, u >= miss, u < spurious)
 
 
 def _patient_split(patients, rng):
@@ -242,12 +283,51 @@ _ANATOMY_RANGES = {
     "dome_left": (0.02, 0.06),  # The left hemidiaphragm (image right) sits lower.
     "heart_x": (0.07, 0.11), "heart_y": (0.25, 0.30), "heart_w": (0.30, 0.34), "heart_h": (0.20, 0.24),
     "heart_rot": (0.35, 0.55),  # Long axis tilted down towards the apex (image right).
-    "gastric_p": (0.0, 1.0), "gastric_r": (0.06, 0.10),  # Stomach bubble under the left hemidiaphragm.
+    "gastric_p": (0.0, 1.0), "gastric_r": (0.05, 0.11),  # Stomach bubble under the left hemidiaphragm,
+    "gastric_dx": (-0.12, 0.12),  # its offset from below the lung's apex (u).
     "rib_sp": (0.100, 0.118), "rib_phase": (0.0, 1.0), "rib_amp": (0.05, 0.075),
     "air": (0.62, 0.70),
     "breast_r": (0.30, 0.38),
-    # A normal variant that mimics a small hiatal hernia: a faint retrocardiac fat pad (never labelled).
-    "fat_pad_p": (0.0, 1.0), "fat_pad": (0.04, 0.10), "fat_pad_x": (-0.02, 0.10), "fat_pad_r": (0.06, 0.10),
+    # Normal variants that mimic findings (look-alikes, never labelled; see LOOK_ALIKES). *_p draws presence.
+    # Pericardial fat pad at the cardiophrenic angle (Hernia, Cardiomegaly): a fuzzy soft-tissue density.
+    "fat_pad_p": (0.0, 1.0), "fat_pad": (0.18, 0.40), "fat_pad_x": (-0.04, 0.18), "fat_pad_r": (0.07, 0.13),
+    "fat_pad_up": (0.3, 1.1),
+    # Medial border of the scapula projected over the upper lateral lung (Pneumothorax).
+    "scap_p": (0.0, 1.0), "scap_u": (0.50, 0.62), "scap_tilt": (0.10, 0.35), "scap_amp": (0.04, 0.08),
+    # Minor fissure (Atelectasis), nipple shadows (Nodule, Mass), extrapleural companion stripe (Pleural_Thickening).
+    "fissure_p": (0.0, 1.0), "fissure_y": (-0.06, 0.06),
+    "nipple_p": (0.0, 1.0), "nipple_u": (0.40, 0.52), "nipple_y": (0.10, 0.26),
+    "stripe_p": (0.0, 1.0),
+}
+# How often each look-alike appears (per patient, or per study where marked), whatever the labels.
+_LOOK_ALIKE_RATES = {
+    "gastric_bubble": 0.70,  # Patients whose stomach shows air; 85% of their studies show it (per study).
+    "fat_pad": 0.35,
+    "retrocardiac_air": 0.25,  # Per study, patients without a fat pad: air in the oesophagus or a high fundus.
+    "scapular_edge": 0.50,
+    "skin_fold": 0.12,  # Per study, PA; 0.30 on AP films (patient lying on a cassette).
+    "end_on_vessels": 1.0,  # Every film: 1-4 dots near the hila (per study).
+    "minor_fissure": 0.50,
+    "nipple_shadows": 0.30,
+    "companion_stripe": 0.30,
+    "expiration": 0.12,  # Per study: a poor inspiration raises the diaphragm and broadens the heart.
+}
+# What each finding can be mistaken for (documentation; the painters and _render_batch draw them).
+LOOK_ALIKES = {
+    "Atelectasis": ("minor_fissure", "expiration"),
+    "Cardiomegaly": ("fat_pad", "expiration", "AP projection"),
+    "Consolidation": ("breast shadows", "end_on_vessels"),
+    "Edema": ("expiration", "AP projection", "exposure"),
+    "Effusion": ("breast shadows", "expiration"),
+    "Emphysema": ("exposure", "deep inspiration"),
+    "Fibrosis": ("vessel markings", "end_on_vessels"),
+    "Hernia": ("gastric_bubble", "fat_pad", "retrocardiac_air"),
+    "Infiltration": ("breast shadows", "vessel markings"),
+    "Mass": ("nipple_shadows", "fat_pad"),
+    "Nodule": ("end_on_vessels", "nipple_shadows"),
+    "Pleural_Thickening": ("companion_stripe",),
+    "Pneumonia": ("breast shadows", "expiration"),
+    "Pneumothorax": ("skin_fold", "scapular_edge", "Emphysema bullae"),
 }
 _ANATOMY_LOW = np.array([lo for lo, _ in _ANATOMY_RANGES.values()])
 _ANATOMY_SPAN = np.array([hi - lo for lo, hi in _ANATOMY_RANGES.values()])
@@ -264,9 +344,14 @@ class _Anatomy:
       self.body_w *= 0.96
     else:
       self.breast_r = 0.0
-    self.gastric = self.gastric_p < 0.6
-    if self.fat_pad_p >= 0.06:
+    self.gastric = self.gastric_p < _LOOK_ALIKE_RATES["gastric_bubble"]
+    if self.fat_pad_p >= _LOOK_ALIKE_RATES["fat_pad"]:
       self.fat_pad = 0.0
+    if self.scap_p >= _LOOK_ALIKE_RATES["scapular_edge"]:
+      self.scap_amp = 0.0
+    self.fissure = 0.05 if self.fissure_p < _LOOK_ALIKE_RATES["minor_fissure"] else 0.0
+    self.nipple = 0.10 if self.nipple_p < _LOOK_ALIKE_RATES["nipple_shadows"] else 0.0
+    self.stripe = 0.06 if self.stripe_p < _LOOK_ALIKE_RATES["companion_stripe"] else 0.0
     # Vessel fields: control points in (radius, angle) about each hilum (image left, image right) of the
     # main trunks (real part, coarse) and their branches (imaginary part), one grid for a single look-up.
     trunks = rng.standard_normal((2, 5, 36), np.float32)
@@ -447,18 +532,24 @@ def _paint_fibrosis(c, lungs, g, s):
 
 
 def _paint_hernia(c, lungs, g, s):
-  # Hiatal hernia: round retrocardiac soft tissue just above the diaphragm at the midline, often with an
-  # air bubble / air-fluid level in its upper part. Subtle on purpose: moderate contrast and small.
+  # Hiatal hernia: stomach pushed up through the hiatus behind the heart. A round soft-tissue sac above the
+  # medial left hemidiaphragm, always with an air cap whose flat lower edge is an air-fluid level. Its
+  # look-alikes carry one half each: a pericardial fat pad (density, no air, fuzzy) and retrocardiac air
+  # (lucent, no sac, no level); the gastric bubble sits below the dome. Place, size, shape, how far the sac
+  # rises and how much air it holds vary per patient; contrast per study.
   a = c.a
-  r = g.uniform(0.085, 0.115)
-  cx = g.uniform(0.0, 0.08)
-  cy = _dome(0.25, a, 1) - 0.45 * r
-  sac = _disk(c.x, c.y, cx, cy, r, c.soft + 0.015)
-  c.add += 0.28 * s * sac
-  if g.random() < 0.8:
-    level = cy - g.uniform(0.0, 0.35) * r
-    bubble = sac * _sig((level - c.y) / max(0.6 * c.soft, 0.006))
-    c.add -= 0.22 * s * bubble
+  r = g.uniform(0.10, 0.16)
+  aspect = g.uniform(0.8, 1.25)
+  rx, ry = r * aspect, r / aspect
+  cx = g.uniform(-0.06, 0.16)
+  cy = _dome(0.25, a, 1) - ry * g.uniform(0.7, 1.3)
+  edge = c.soft + 0.008
+  d = np.sqrt(((c.x - cx) / rx) ** 2 + ((c.y - cy) / ry) ** 2)
+  sac = _sig((1.0 - d) * ry / edge)
+  c.add += g.uniform(0.14, 0.28) * s * sac
+  level = cy - ry + 2.0 * ry * g.uniform(0.35, 0.60)
+  bubble = sac * _sig((level - c.y) / edge) * _sig((0.8 - d) * ry / edge)
+  c.add -= g.uniform(0.45, 0.60) * s * bubble
 
 
 def _paint_infiltration(c, lungs, g, s):
@@ -545,6 +636,10 @@ _FINDINGS = {
 # Paint order: opacities that hide others come last.
 _PAINT_ORDER = ("Emphysema", "Fibrosis", "Edema", "Infiltration", "Consolidation", "Pneumonia",
                 "Atelectasis", "Nodule", "Mass", "Pleural_Thickening", "Effusion", "Hernia")
+# Findings whose test images get a ground-truth box (BBOX_FILE): those with a local signature. NIH boxes
+# eight classes; Edema, Emphysema, Fibrosis and Pleural_Thickening are diffuse or bilateral here.
+BOXED = ("Atelectasis", "Cardiomegaly", "Consolidation", "Effusion", "Hernia", "Infiltration", "Mass", "Nodule",
+         "Pneumonia", "Pneumothorax")
 
 
 class _Batch:
@@ -605,9 +700,30 @@ def _study_setup(size, seed, patient, followup, labels, female, ap):
   a.hy = a.heart_y + 0.3 * (a.hh - a.heart_h)
   a.clav_top = a.shoulder_y + 0.13 - (0.05 if ap else 0.0)
   a.is_female = 1.0 if female else 0.0
-  a.gastric_amp = 0.22 if a.gastric else 0.0
-  a.fat_y = _dome(0.25, a, 1) - 0.5 * a.fat_pad_r
-  a.gastric_x, a.gastric_y = a.lung_cu + 0.12, _dome(a.lung_cu + 0.1, a, 1) + a.gastric_r + 0.04
+  # Look-alikes that change between studies, from their own generator (independent of the labels).
+  la = np.random.default_rng((seed, 5, patient, followup))
+  d = la.random(16).tolist()
+  if d[0] < _LOOK_ALIKE_RATES["expiration"]:
+    a.dome_y -= 0.06
+    a.hw, a.hh = a.hw * 1.06, a.hh * 1.03
+  a.gastric_amp = (0.12 + 0.20 * d[1]) if a.gastric and d[2] < 0.85 else 0.0
+  gu = a.lung_cu + a.gastric_dx
+  a.gastric_x, a.gastric_y = gu, _dome(gu, a, 1) + a.gastric_r * (0.6 + 0.6 * d[3]) + 0.02
+  a.fat_y = _dome(0.25, a, 1) - a.fat_pad_up * a.fat_pad_r
+  # Retrocardiac air only where no fat pad lies: each look-alike carries one half of a hernia's signature
+  # (density, air), never both at one place.
+  a.rc_amp = (0.20 + 0.25 * d[4]) if d[5] < _LOOK_ALIKE_RATES["retrocardiac_air"] and not a.fat_pad else 0.0
+  a.rc_r = 0.05 + 0.06 * d[6]
+  a.rc_x, a.rc_y = -0.06 + 0.22 * d[7], _dome(0.25, a, 1) - a.rc_r * (0.8 + 2.0 * d[8])
+  fold_rate = _LOOK_ALIKE_RATES["skin_fold"] * (2.5 if ap else 1.0)
+  a.fold_amp = (0.05 + 0.05 * d[9]) if d[10] < fold_rate else 0.0
+  a.fold_side = -1.0 if d[11] < 0.5 else 1.0
+  a.fold_u = a.lung_cu + 0.15 + 0.25 * d[12]  # Where the fold crosses y = 0 (outward coordinate).
+  a.grad_x, a.grad_y = 0.12 * (d[13] - 0.5), 0.12 * (d[14] - 0.5)  # Heel effect and uneven thickness.
+  dots = la.random((4, 4))
+  a.dot_x = ((0.20 + 0.22 * dots[:, 0]) * np.where(dots[:, 1] < 0.5, -1, 1)).astype(np.float32)
+  a.dot_y = (a.lung_yc - 0.15 + 0.40 * dots[:, 2]).astype(np.float32)
+  a.dot_amp = np.where(np.arange(4) < 1 + int(dots[0, 3] * 4), 0.08 + 0.06 * dots[:, 3], 0.0).astype(np.float32)
 
   # Exposure, in this order from the study's generator: low-frequency mottle, response, window, gamma, noise.
   a.mottle = rng.standard_normal((9, 9), np.float32)
@@ -622,11 +738,12 @@ def _study_setup(size, seed, patient, followup, labels, female, ap):
 
 _BATCH_FIELDS = tuple(_ANATOMY_RANGES) + (
     "cr", "sr", "soft", "raise_r", "raise_l", "hw", "hh", "hx", "hy", "clav_top", "is_female", "gastric_amp",
-    "fat_y", "gastric_x", "gastric_y", "k", "lo", "hi", "gamma")
+    "fat_y", "gastric_x", "gastric_y", "k", "lo", "hi", "gamma", "fissure", "nipple", "stripe", "rc_amp", "rc_r",
+    "rc_x", "rc_y", "fold_amp", "fold_side", "fold_u", "grad_x", "grad_y")
 _BATCH_PIXELS = 1 << 15  # Pixels rendered at once (8 images of 64 x 64): larger batches spill the CPU caches.
 
 
-def _render_batch(size, seed, studies):
+def _render_batch(size, seed, studies, with_boxes=False):
   """(n, size, size) uint8 radiographs of `studies`, a list of (patient, followup, labels, female, ap).
 
   The scalar set-up is per study; the anatomy is computed for the whole batch at once, with per-study
@@ -664,7 +781,8 @@ def _render_batch(size, seed, studies):
   # (patient's left) dome sits lower.
   dome_shift = np.where(right, p.dome_left - p.raise_l, -p.raise_r)
   below = _sig((_dome(ax, p, -1) + dome_shift - y) / (soft + 0.006))
-  air = _sig(_lung_d(ax, y, p) / (soft + 0.008)) * below
+  lung_d = _lung_d(ax, y, p)
+  air = _sig(lung_d / (soft + 0.008)) * below
 
   # Heart (bulging to the image right), aortic knob, upper mediastinum and trachea.
   ch, sh = np.cos(p.heart_rot), np.sin(p.heart_rot)
@@ -700,6 +818,9 @@ def _render_batch(size, seed, studies):
   air_gain = np.ones_like(x)  # Multiplies lung air (hyperlucency).
   vessel_gain = np.ones_like(x)
   rib_gain = np.ones_like(x)
+  boxes = [{} for _ in anats]
+  if with_boxes:
+    below_unraised = _sig((_dome(ax, p, -1) + np.where(right, p.dome_left, 0.0) - y) / (soft + 0.006))
   for i, a in enumerate(anats):
     if not a.labels:
       continue
@@ -708,8 +829,9 @@ def _render_batch(size, seed, studies):
     lungs[-1] = air[i] - lungs[1]
     if "Pneumothorax" in a.labels:  # The lung pulled away from the chest wall: a dark vessel-free rim.
       g, side = a.finding_rng["Pneumothorax"], -1 if a.finding_rng["Pneumothorax"].random() < 0.5 else 1
-      k = 1.0 - g.uniform(0.14, 0.24) * (0.7 + 0.3 * a.strength["Pneumothorax"])
-      au, ay = a.lung_cu - 0.15, a.dome_y + 0.10
+      # Small apical ones to large ones; the lung collapses towards a point near its hilum or its base.
+      k = 1.0 - g.uniform(0.05, 0.24) * (0.7 + 0.3 * a.strength["Pneumothorax"])
+      au, ay = a.lung_cu - g.uniform(0.05, 0.25), a.dome_y + g.uniform(-0.05, 0.25)
       ds = _lung_d((ax[i] - au) / k + au, (y[i] - ay) / k + ay, a) * k
       rim = lungs[side] * (1.0 - _sig(ds / (a.soft + 0.004)) * below[i])
       line = np.exp(-(ds / (0.6 * a.soft + 0.004)) ** 2) * lungs[side]
@@ -717,10 +839,22 @@ def _render_batch(size, seed, studies):
       c.rib_gain = c.rib_gain * (1.0 - 0.6 * rim)
       c.air_gain = c.air_gain * (1.0 + 0.18 * rim)
       c.add += 0.12 * line * (1.0 - shadow[i])
+      if with_boxes:
+        boxes[i]["Pneumothorax"] = _box(rim + line)
     for name in _PAINT_ORDER:
       if name in a.labels:
         c.rng = a.study_rng[name]
+        if with_boxes and name in BOXED:
+          before = (c.add.copy(), c.opac.copy(), c.air_gain.copy(), c.vessel_gain.copy())
         _FINDINGS[name](c, lungs, a.finding_rng[name], a.strength[name])
+        if with_boxes and name in BOXED:
+          after = (c.add, c.opac, c.air_gain, c.vessel_gain)
+          effect = sum(np.abs(u - v) for u, v in zip(after, before))
+          if name == "Atelectasis":  # With the hemidiaphragm it lifted.
+            effect = effect / max(float(effect.max()), 1e-6) + np.abs(below[i] - below_unraised[i])
+          boxes[i][name] = _box(effect)
+    if with_boxes and "Cardiomegaly" in a.labels:
+      boxes[i]["Cardiomegaly"] = _box(heart[i])
     add[i], opac[i], air_gain[i], vessel_gain[i], rib_gain[i] = c.add, c.opac, c.air_gain, c.vessel_gain, c.rib_gain
 
   air_frac = (1.0 - 0.30 * np.clip(vess * vessel_gain, 0.0, 1.0)) * air_gain * (1.0 - opac)
@@ -743,10 +877,30 @@ def _render_batch(size, seed, studies):
   dens += 0.14 * (np.exp(-((y - clav_y) / 0.03) ** 2) * _sig((ax - 0.06) / 0.02)
                   * _sig((p.body_w - 0.08 - ax) / 0.03))
   dens += 0.20 * _disk(ax, y, p.body_w + 0.04, p.shoulder_y + 0.08, 0.11, soft + 0.01) * np.maximum(body, arm)
-  dens += p.fat_pad * _disk(x, y, p.fat_pad_x, p.fat_y, p.fat_pad_r, soft + 0.015)
+  # Look-alikes (see LOOK_ALIKES): fat pad, retrocardiac air, scapular border, skin fold, minor fissure,
+  # nipple shadows, companion stripe and vessels seen end-on.
+  dens += p.fat_pad * np.exp(-2.0 * (((x - p.fat_pad_x) / (1.3 * p.fat_pad_r)) ** 2
+                                     + ((y - p.fat_y) / p.fat_pad_r) ** 2))
+  dens -= p.rc_amp * _disk(x, y, p.rc_x, p.rc_y, p.rc_r, soft + 0.02)
+  sy = y - p.shoulder_y
+  dens += (p.scap_amp * _sig((ax - p.scap_u - p.scap_tilt * sy) / (soft + 0.004))
+           * _sig((sy - 0.10) / 0.04) * _sig((0.70 - sy) / 0.06) * body)
+  fu = p.fold_side * x - p.fold_u - 0.25 * y * y
+  dens += (p.fold_amp * _sig(fu / (soft + 0.004)) * np.exp(-np.maximum(fu, 0.0) / 0.08)
+           * _sig((y + 0.5) / 0.05) * _sig((0.3 - y) / 0.05) * body)
+  dens += p.fissure * np.exp(-((y - p.lung_yc - p.fissure_y) / (soft + 0.01)) ** 2) * air * (1.0 - right)
+  dens += p.nipple * _disk(ax, y, p.nipple_u, p.nipple_y, 0.035, soft + 0.006) * body
+  dens += (p.stripe * _sig((0.018 - lung_d) / (soft + 0.004)) * air * _sig((ax - p.lung_cu - 0.05) / 0.04)
+           * _sig((-0.1 - y) / 0.1))
+  for k in range(4):
+    amp = np.array([a.dot_amp[k] for a in anats], np.float32).reshape(-1, 1, 1)
+    dx_ = np.array([a.dot_x[k] for a in anats], np.float32).reshape(-1, 1, 1)
+    dy_ = np.array([a.dot_y[k] for a in anats], np.float32).reshape(-1, 1, 1)
+    dens += amp * _disk(x, y, dx_, dy_, 0.022, soft + 0.004) * air
   dens += add * body
   dens -= (p.gastric_amp * _disk(x, y, p.gastric_x, p.gastric_y, p.gastric_r, soft + 0.01)
            * _sig((p.gastric_y + 0.3 * p.gastric_r - y) / 0.01))
+  dens *= 1.0 + p.grad_x * x + p.grad_y * y
   index = _lerp_index(9, size)
   dens += 0.03 * 1.35 * _upsample(np.stack([a.mottle for a in anats]), index, index) * body
 
@@ -754,7 +908,17 @@ def _render_batch(size, seed, studies):
   img = 1.0 - np.exp(-p.k * np.maximum(dens, 0.0))
   img = np.clip((img - p.lo) / (p.hi - p.lo), 0.0, 1.0) ** p.gamma
   img += np.stack([a.quantum for a in anats])
-  return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+  images = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+  return (images, boxes) if with_boxes else images
+
+
+def _box(effect, frac=0.02):
+  """(x, y, w, h) in pixels of where `effect` ((S, S), >= 0) exceeds frac of its maximum; None if all zero."""
+  top = float(effect.max())
+  if top <= 0.0:
+    return None
+  rows, cols = np.nonzero(effect > frac * top)
+  return int(cols.min()), int(rows.min()), int(cols.max() - cols.min() + 1), int(rows.max() - rows.min() + 1)
 
 
 def _render(size, seed, patient, followup, labels, female, ap):
@@ -781,14 +945,19 @@ def _write_png(path, image):
 
 
 def _render_chunk(job):
-  """Worker: renders and writes the PNGs of one chunk of studies; returns how many it wrote."""
+  """Worker: renders and writes the PNGs of one chunk of studies; returns how many it wrote and the boxes
+  [(image name, finding, (x, y, w, h))] of its rows marked for boxes (the test split's)."""
   images_dir, size, seed, rows = job
   per_batch = max(1, _BATCH_PIXELS // (size * size))
+  box_rows = []
   for start in range(0, len(rows), per_batch):
     batch = rows[start:start + per_batch]
-    for row, image in zip(batch, _render_batch(size, seed, [row[1:] for row in batch])):
+    images, boxes = _render_batch(size, seed, [row[1:6] for row in batch], with_boxes=True)
+    for row, image, found in zip(batch, images, boxes):
       _write_png(os.path.join(images_dir, row[0]), image)
-  return len(rows)
+      if row[6]:
+        box_rows += [(row[0], name, box) for name, box in sorted(found.items()) if box is not None]
+  return len(rows), box_rows
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -808,7 +977,7 @@ def _looks_foreign(out_dir):
 
 def _clear(out_dir):
   """Removes what an earlier phantom run wrote, and caches derived from it (jaxcxr_prepared)."""
-  for name in (MARKER, LABEL_FILE, TRAIN_VAL_LIST, TEST_LIST):
+  for name in (MARKER, LABEL_FILE, TRAIN_VAL_LIST, TEST_LIST, CLEAN_LABEL_FILE, BBOX_FILE):
     path = os.path.join(out_dir, name)
     if os.path.exists(path):
       os.remove(path)
@@ -857,7 +1026,7 @@ def _write_text(path, text):
   os.replace(tmp, path)
 
 
-def generate(out_dir, *, num_images, image_size, seed=0, label_noise=0.0, prevalence=None, progress=True,
+def generate(out_dir, *, num_images, image_size, seed=0, label_noise=1.0, prevalence=None, progress=True,
              workers=None):
   """Writes a phantom dataset in the NIH ChestX-ray14 layout into out_dir and returns its summary.
 
@@ -867,16 +1036,21 @@ def generate(out_dir, *, num_images, image_size, seed=0, label_noise=0.0, preval
     num_images: number of images (studies).
     image_size: side of the square 8-bit grey PNGs, in pixels.
     seed: the same seed gives byte-identical files.
-    label_noise: probability that each positive label is dropped from the CSV (a missed finding); the image
-      still shows it.
+    label_noise: scale of the per-finding label noise rates LABEL_NOISE (1 = as documented there, 0 = the
+      label file holds the painted labels). Dropped labels still show in the image; the painted labels are
+      written to CLEAN_LABEL_FILE either way.
     prevalence: {class: per-image prevalence} overriding entries of DEFAULT_PREVALENCE.
     progress: show a tqdm progress bar.
     workers: processes to render with (default: one per available CPU, one for small runs). The output does
       not depend on it.
 
+  Also writes CLEAN_LABEL_FILE (the label file with the painted labels) and BBOX_FILE (a box around each
+  painted finding of BOXED in every test image, in the stored image's pixels).
+
   Returns:
     {'out_dir', 'num_images', 'num_patients', 'num_train_val', 'num_test', 'positives': {class: count},
-     'no_finding', 'params'}; the positives are those of the CSV (after label noise).
+     'positives_in_images', 'written_negative', 'written_positive', 'boxes', 'no_finding', 'params'}; the
+     positives are those of the label file (after label noise), positives_in_images the painted ones.
   """
   params = _params(num_images, image_size, seed, label_noise, prevalence)
   num_images, image_size, seed = params["num_images"], params["image_size"], params["seed"]
@@ -904,37 +1078,48 @@ def generate(out_dir, *, num_images, image_size, seed=0, label_noise=0.0, preval
   original = rng.integers(len(_ORIGINAL_SIZES), size=num_images)
   spacing = rng.integers(len(_SPACINGS), size=num_images)
   test = _patient_split(patients, rng)
-  noisy = labels & ~(rng.random(labels.shape) < params["label_noise"])
+  noisy = _add_label_noise(labels, params["prevalence"], params["label_noise"], rng)
   names = [f"{p:08d}_{f:03d}.png" for p, f in zip(patients, followups)]
 
   # Render.
   rows = [(names[i], int(patients[i]), int(followups[i]), tuple(CLASSES[j] for j in np.flatnonzero(labels[i])),
-           bool(female[i]), bool(ap[i])) for i in range(num_images)]
+           bool(female[i]), bool(ap[i]), bool(test[i])) for i in range(num_images)]
   n_workers = max(1, int(workers or _num_workers(num_images)))
   chunk = int(np.clip(num_images // (8 * n_workers), 16, 256))  # Several chunks per worker, for balance.
   jobs = [(images_dir, image_size, seed, rows[i:i + chunk]) for i in range(0, num_images, chunk)]
   bar = tqdm.tqdm(total=num_images, desc=f"Phantom {image_size}px", unit="img", disable=not progress,
                   smoothing=0.1)
+  box_rows = []
   try:
     if n_workers <= 1:
-      for job in jobs:
-        bar.update(_render_chunk(job))
+      results = map(_render_chunk, jobs)
+      for done, found in results:
+        bar.update(done)
+        box_rows += found
     else:
       with _mp_context().Pool(n_workers, initializer=_worker_init) as pool:
-        for done in pool.imap_unordered(_render_chunk, jobs):
+        for done, found in pool.imap_unordered(_render_chunk, jobs):
           bar.update(done)
+          box_rows += found
   finally:
     bar.close()
+  box_rows.sort()
 
   # Label file and split lists.
-  lines = [_NIH_HEADER]
-  for i in range(num_images):
-    found = [CLASSES[j] for j in np.flatnonzero(noisy[i])]
-    w, h = _ORIGINAL_SIZES[original[i]]
-    sp = _SPACINGS[spacing[i]]
-    lines.append(f"{names[i]},{'|'.join(found) or NO_FINDING},{followups[i]},{patients[i]},{age[i]},"
-                 f"{'F' if female[i] else 'M'},{'AP' if ap[i] else 'PA'},{w},{h},{sp},{sp}")
-  _write_text(os.path.join(out_dir, LABEL_FILE), "\n".join(lines) + "\n")
+  def label_file(which):
+    lines = [_NIH_HEADER]
+    for i in range(num_images):
+      found = [CLASSES[j] for j in np.flatnonzero(which[i])]
+      w, h = _ORIGINAL_SIZES[original[i]]
+      sp = _SPACINGS[spacing[i]]
+      lines.append(f"{names[i]},{'|'.join(found) or NO_FINDING},{followups[i]},{patients[i]},{age[i]},"
+                   f"{'F' if female[i] else 'M'},{'AP' if ap[i] else 'PA'},{w},{h},{sp},{sp}")
+    return "\n".join(lines) + "\n"
+
+  _write_text(os.path.join(out_dir, LABEL_FILE), label_file(noisy))
+  _write_text(os.path.join(out_dir, CLEAN_LABEL_FILE), label_file(labels))
+  _write_text(os.path.join(out_dir, BBOX_FILE),
+              "\n".join([_BBOX_HEADER] + [f"{n},{f},{x},{y},{w},{h}" for n, f, (x, y, w, h) in box_rows]) + "\n")
   _write_text(os.path.join(out_dir, TRAIN_VAL_LIST), "\n".join(n for n, t in zip(names, test) if not t) + "\n")
   _write_text(os.path.join(out_dir, TEST_LIST), "\n".join(n for n, t in zip(names, test) if t) + "\n")
 
@@ -946,6 +1131,9 @@ def generate(out_dir, *, num_images, image_size, seed=0, label_noise=0.0, preval
       "num_test": int(test.sum()),
       "positives": {c: int(noisy[:, j].sum()) for j, c in enumerate(CLASSES)},
       "positives_in_images": {c: int(labels[:, j].sum()) for j, c in enumerate(CLASSES)},
+      "written_negative": {c: int((labels[:, j] & ~noisy[:, j]).sum()) for j, c in enumerate(CLASSES)},
+      "written_positive": {c: int((noisy[:, j] & ~labels[:, j]).sum()) for j, c in enumerate(CLASSES)},
+      "boxes": len(box_rows),
       "no_finding": int((~noisy.any(1)).sum()),
       "params": params,
   }
@@ -968,15 +1156,20 @@ def read_summary(out_dir):
   return dict(stored["summary"], out_dir=out_dir, params=stored["params"])
 
 
-def ensure(out_dir, *, num_images, image_size, seed=0, label_noise=0.0, prevalence=None, progress=True,
+def ensure(out_dir, *, num_images, image_size, seed=0, label_noise=1.0, prevalence=None, progress=True,
            workers=None):
   """Returns the summary of the phantom dataset in out_dir, generating it unless already complete.
 
   Reuses out_dir if its phantom.json records the same parameters; regenerates it from scratch if
-  phantom.json is absent (a first or interrupted run); raises ValueError if it records other parameters.
+  phantom.json is absent (a first or interrupted run) or was written by another GENERATOR_VERSION; raises
+  ValueError if it records other parameters.
   """
   params = _params(num_images, image_size, seed, label_noise, prevalence)
   existing = read_summary(out_dir)
+  if existing is not None and existing["params"].get("generator_version") != GENERATOR_VERSION:
+    logging.warning("%s was generated by phantom generator version %s; regenerating it with version %d.",
+                    out_dir, existing["params"].get("generator_version"), GENERATOR_VERSION)
+    existing = None
   if existing is not None:
     if existing["params"] == params:
       return existing
