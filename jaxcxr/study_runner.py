@@ -48,6 +48,7 @@ import numpy as np
 
 from jaxcxr import arms as arms_lib
 from jaxcxr import bootstrap
+from jaxcxr import difficulty
 from jaxcxr import errors
 from jaxcxr import experiment
 from jaxcxr import head_stages
@@ -56,6 +57,7 @@ from jaxcxr import reports
 from jaxcxr import runfolder
 from jaxcxr.data import datasets
 from jaxcxr.data import nih
+from jaxcxr.data import phantom
 
 # The target class's metrics the study compares, then the macro AUROC over the 14 classes.
 TARGET_METRICS = ("recall", "precision", "f1", "auroc", "auprc")
@@ -305,6 +307,26 @@ def run_bootstrap(*, labels, scores, patients, thresholds, target: str, num_samp
   return np.concatenate([values[:len(TARGET_METRICS)], macro[None]], 0)
 
 
+def control_rows(config, target: str, workdir: str, *, out=sys.stdout) -> List[dict]:
+  """The no-learning controls of the phantom data (jaxcxr/difficulty.py) for the study table: what an arm
+  must beat. Computed once per study (WORKDIR/controls.json); none for real data, where they would read
+  every image again (run `python -m jaxcxr.phantom --difficulty` on a folder of your own instead)."""
+  if config.data.source != "phantom":
+    return []
+  cache = os.path.join(workdir, "controls.json")
+  if os.path.exists(cache):
+    with open(cache) as f:
+      results = json.load(f)
+  else:
+    print("Computing the no-learning controls on the phantom data...", file=out, flush=True)
+    results = difficulty.controls_for_folder(datasets.data_dir(config), findings=[target],
+                                             clean_label_file=phantom.CLEAN_LABEL_FILE)
+    if jax.process_index() == 0:
+      with open(cache, "w") as f:
+        json.dump(results, f, indent=2, default=float)
+  return [{**row, "name": row["arm"].replace("control: ", "")} for row in difficulty.control_rows(results, target=target)]
+
+
 def choose_arm(summary: dict) -> Optional[str]:
   """The arm with the highest mean over seeds of the target's validation AUPRC (validation chooses; test
   is only reported). None when no arm has it."""
@@ -513,7 +535,8 @@ def plot(path: str, summary: dict, info: dict, metrics: Sequence[str] = ("recall
 def run_study(make_config: Callable[[str], ml_collections.ConfigDict], workdir: str, *,
               arms: Optional[Sequence[str]] = None, num_seeds: int = DEFAULT_SEEDS,
               bootstrap_samples: int = 1000, alpha: float = 0.05, bootstrap_seed: int = 0,
-              train_fn: Callable = experiment.run, command: str = "", out=sys.stdout) -> dict:
+              train_fn: Callable = experiment.run, command: str = "", out=sys.stdout,
+              controls: bool = True) -> dict:
   """Trains every (arm, seed) not yet finished, then writes WORKDIR/study.{md,csv,json,png}.
 
   Args:
@@ -582,6 +605,7 @@ def run_study(make_config: Callable[[str], ml_collections.ConfigDict], workdir: 
   summary = {arm: summarize_arm(arm_reports[arm], boot=boots[arm] if bootstrap_samples else None, alpha=alpha)
              for arm in arms}
   chosen = choose_arm(summary)
+  control = control_rows(runs[0].config, first["target"], workdir, out=out) if controls else []
   target = first["classes"][first["target"]]
   num_images = first.get("num_images", target.get("n"))
   n_pos = target.get("n_pos")
@@ -593,7 +617,7 @@ def run_study(make_config: Callable[[str], ml_collections.ConfigDict], workdir: 
       "threshold_rule": first.get("threshold_rule", "?"), "bootstrap_samples": bootstrap_samples,
       "confidence": 1.0 - alpha, "seeds": {arm: [r.seed for r in runs if r.arm == arm] for arm in arms},
       "all_seeds": sorted({r.seed for r in runs}), "notes": notes, "chosen_arm": chosen,
-      "data": data_description(first, runs[0].config),
+      "data": data_description(first, runs[0].config), "controls": control,
   }
   if jax.process_index() == 0:
     _write_csv(os.path.join(workdir, "study.csv"), csv_rows(summary, info))

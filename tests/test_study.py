@@ -161,7 +161,8 @@ class FakeTrainer:
     result = metrics.evaluate_scores(labels=labels, scores=scores, classes=nih.CLASSES,
                                      thresholds=np.full(len(nih.CLASSES), 0.5))
     report = {"split": "official/test", "checkpoint_step": 8, "target": config.data.target, "arm": config.arm,
-              "threshold_rule": "max_f1", "num_images": len(test), **result}
+              "threshold_rule": "max_f1", "num_images": len(test),
+              "validation": {"target_auprc": float(rng.uniform())}, **result}
     out = experiment.report_dir(config, workdir)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "report.json"), "w") as f:
@@ -195,8 +196,20 @@ def test_study_covers_every_arm_and_skips_finished_runs(tiny_data_dir, tmp_path)
   with open(os.path.join(work, "study_runs.csv")) as f:
     assert len(list(csv.DictReader(f))) == 2 * len(arms.ARMS)
   md = open(os.path.join(work, "study.md")).read()
+  # Validation chooses: the arm with the highest mean validation AUPRC over its seeds, whatever test says.
+  val = {}
   for arm in arms.ARMS:
-    assert f"| {arm} |" in md
+    paths = [os.path.join(experiment.report_dir(make(arm), os.path.join(work, arm, f"seed{s}")), "report.json")
+             for s in (0, 1)]
+    val[arm] = np.mean([json.load(open(p))["validation"]["target_auprc"] for p in paths])
+  chosen = result["info"]["chosen_arm"]
+  assert chosen == max(val, key=val.get)
+  assert f"| **{chosen}** (chosen) |" in md and f"Chosen on validation: `{chosen}`" in md
+  for arm in arms.ARMS:
+    assert f"| {arm} |" in md or arm == chosen
+  # The no-learning controls of the phantom sit beside the arms.
+  assert "| control: window |" in md and "| control: logreg |" in md
+  assert os.path.exists(os.path.join(work, "controls.json"))
   assert "official/test" in md and "Effusion positives" in md
   assert os.path.getsize(os.path.join(work, "study.png")) > 10_000
   # The per-arm mean is the mean of its runs' reports.
