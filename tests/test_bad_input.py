@@ -45,6 +45,8 @@ PHANTOM_CASES = [
 ]
 # Commands that read a training run's workdir.
 WORKDIR_COMMANDS = ("evaluate", "export_embeddings", "smote")
+# Commands that use a trained run and take no --config: (command, the arguments besides --workdir).
+USE_COMMANDS = {"predict": ["INPUT"], "localize": []}
 # Cases that also run as plain `python -m` processes (one per kind of failure path).
 PLAIN = [("stats", "unknown arm token"), ("prepare", "unknown field"), ("inspect_data", "negative size"),
          ("main", "misspelt name")]
@@ -107,6 +109,10 @@ def _cases(tmp_path, trained):
   for command in ("evaluate", "export_embeddings"):  # A checkpoint that does not exist.
     out.append((f"{command}: checkpoint 999", f"jaxcxr.{command}", [f"--workdir={trained}", "--checkpoint=999"],
                 "step 999"))
+  for command, extra in USE_COMMANDS.items():
+    argv = [a.replace("INPUT", trained) for a in extra]
+    out.append((f"{command}: checkpoint 999", f"jaxcxr.{command}",
+                [f"--workdir={trained}", "--checkpoint=999", *argv], "step 999"))
   for command, extra in CONFIG_COMMANDS.items():
     for kind, config, override, must_name in BAD_VALUES:
       workdir = str(tmp_path / "work" / f"{command}-{kind.replace(' ', '_')}")
@@ -121,6 +127,9 @@ def _cases(tmp_path, trained):
     for suffix, extra in (("", []), (" with --config", ["--config=configs/demo.py:smote"])):
       out.append((f"{command}: empty workdir{suffix}", f"jaxcxr.{command}", [f"--workdir={empty}", *extra],
                   str(empty)))
+  for command, extra in USE_COMMANDS.items():
+    argv = [a.replace("INPUT", str(empty)) for a in extra]
+    out.append((f"{command}: empty workdir", f"jaxcxr.{command}", [f"--workdir={empty}", *argv], str(empty)))
   return out
 
 
@@ -207,10 +216,11 @@ def test_plain_processes_agree(sweep, case_id):
 
 
 def test_workdir_without_a_run(sweep):
-  """evaluate / export_embeddings / smote on an empty folder, with and without --config: one line."""
+  """evaluate / export_embeddings / smote on an empty folder, with and without --config, and predict and
+  localize on one: one line."""
   by_id, results, _ = sweep
   ids = [i for i in results if "empty workdir" in i]
-  assert len(ids) == 2 * len(WORKDIR_COMMANDS)
+  assert len(ids) == 2 * len(WORKDIR_COMMANDS) + len(USE_COMMANDS)
   failures = [f for f in (_check(i, *results[i], by_id[i][3]) for i in ids) if f]
   assert not failures, "\n\n".join(failures)
 
@@ -218,7 +228,7 @@ def test_workdir_without_a_run(sweep):
 def test_checkpoint_that_does_not_exist(sweep):
   """--checkpoint=999 on a run whose only checkpoint is step 2: one line listing the steps there are."""
   by_id, results, _ = sweep
-  for command in ("evaluate", "export_embeddings"):
+  for command in ("evaluate", "export_embeddings", *USE_COMMANDS):
     case_id = f"{command}: checkpoint 999"
     failure = _check(case_id, *results[case_id], by_id[case_id][3])
     assert failure is None, failure
