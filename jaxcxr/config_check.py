@@ -119,7 +119,7 @@ def _rules():
       "data.num_workers": integer(0),
       "data.phantom.num_images": integer(1),
       "data.phantom.hernia_prevalence": number(0.0, 1.0, hi_open=True),
-      "data.phantom.label_noise": fraction,
+      "data.phantom.label_noise": number(0.0, 4.0),  # A scale of the per-finding rates, as the phantom CLI takes it.
       "data.phantom.seed": integer(0),
       "data.sampling.name": one_of(sampling.NAMES),
       "data.sampling.threshold": number(0.0, 1.0, lo_open=True),

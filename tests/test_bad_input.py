@@ -39,7 +39,7 @@ BAD_VALUES = [
 # phantom takes no config: its flags, one of each kind.
 PHANTOM_CASES = [
     ("negative size", ["--num_images=-4"], "num_images"),
-    ("fraction out of range", ["--label_noise=1.5"], "label_noise"),
+    ("fraction out of range", ["--hernia_prevalence=1.5"], "hernia_prevalence"),
     ("wrong type", ["--image_size=abc"], "image_size"),
     ("config given", ["--config=configs/demo.py:nosucharm"], "config"),
 ]
