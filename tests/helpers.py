@@ -29,3 +29,23 @@ def tiny_config(data_dir, arm="weighted", **train):
       node = node[p]
     node[leaf] = value
   return config
+
+
+def assert_written_back_head_matches(combined, report):
+  """A head stage's written-back checkpoint scored on images (`combined`, jaxcxr.evaluate) gives the
+  embedding-level `report`'s AUROC and AUPRC to 1e-4, and the head is the new one, not the backbone's."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  from jaxcxr.data import nih  # pylint: disable=g-import-not-at-top
+  assert combined["checkpoint_step"] == report["checkpoint_step"]
+  defined = 0
+  for name in nih.CLASSES:
+    ours, theirs = combined["classes"][name], report["classes"][name]
+    for key in ("auroc", "auprc"):
+      assert (ours[key] is None) == (theirs[key] is None), (name, key)
+      if ours[key] is not None:
+        assert ours[key] == pytest.approx(theirs[key], abs=1e-4), (name, key)
+        defined += 1
+  assert defined > 10
+  assert any(report["classes"][n]["auroc"] is not None
+             and abs(report["classes"][n]["auroc"] - report["backbone"]["classes"][n]["auroc"]) > 1e-3
+             for n in nih.CLASSES)
