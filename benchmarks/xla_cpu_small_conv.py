@@ -41,6 +41,39 @@ def conv_as_matmul(x, w):
   return (patches.reshape(n * h * wd, 9 * c) @ w.reshape(9 * c, -1)).reshape(n, h, wd, -1)
 
 
+def kernel_grad_xla(x, w, g):
+  """XLA's kernel gradient of the 3x3 SAME convolution for output cotangent g."""
+  return jax.vjp(lambda k: conv(x, k), w)[1](g)[0]
+
+
+def kernel_grad_taps(x, w, g):
+  """The same kernel gradient as one (Cin x N*H*W) @ (N*H*W x Cout) matmul per kernel tap."""
+  n, h, wd, c = x.shape
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  rows = (((0,), (0,)), ((), ()))
+  taps = [lax.dot_general(xp[:, i:i + h, j:j + wd, :].reshape(-1, c), g.reshape(-1, w.shape[-1]), rows)
+          for i in range(3) for j in range(3)]
+  return jnp.stack(taps).reshape(w.shape)
+
+
+def max_pool_xla(x):
+  """The 3x3/2 max-pool of a ResNet stem (padding 1): reduce_window, whose gradient is select-and-scatter."""
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+
+def max_pool_slices(x):
+  """The same pool as a maximum over the window's 9 strided slices (its gradient: selects and pads)."""
+  n, h, wd, c = x.shape
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  ho, wo = (h - 1) // 2 + 1, (wd - 1) // 2 + 1
+  views = [lax.slice(xp, (0, i, j, 0), (n, i + 2 * (ho - 1) + 1, j + 2 * (wo - 1) + 1, c), (1, 2, 2, 1))
+           for i in range(3) for j in range(3)]
+  out = views[0]
+  for v in views[1:]:
+    out = jnp.maximum(out, v)
+  return out
+
+
 def fwd_bwd(f):
   return jax.jit(jax.grad(lambda x, w: jnp.sum(f(x, w)), argnums=(0, 1)))
 
@@ -61,11 +94,19 @@ def main():
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--sizes", default="1,2,4,8", help="comma-separated map sides")
   parser.add_argument("--repeats", type=int, default=7, help="timed calls per figure (median shown)")
+  parser.add_argument("--kernel_grad", action="store_true",
+                      help="time XLA's kernel gradient against one matmul per tap instead (try --channels=64 "
+                           "--sizes=32 and --channels=128 --sizes=16: ResNet-18's first stages at 128 px)")
+  parser.add_argument("--pool", action="store_true",
+                      help="time the 3x3/2 max-pool's forward+backward (reduce_window against strided slices) "
+                           "over maps of --sizes (try --channels=64 --sizes=32,64)")
   args = parser.parse_args()
   jax.config.update("jax_platforms", "cpu")
   import os  # pylint: disable=g-import-not-at-top
   print(f"jax {jax.__version__}, jaxlib {jax.lib.__version__ if hasattr(jax.lib, '__version__') else '?'}, "
         f"{platform.machine()}, {os.cpu_count()} CPUs, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  if args.kernel_grad or args.pool:
+    return compare_backward(args)
   print(f"3x3 stride-1 SAME conv, NHWC/HWIO float32, batch {args.batch}, {args.channels} -> {args.channels} "
         f"channels; median of {args.repeats}")
   print(f"{'map':>5} {'GFLOP':>7} | {'conv fwd ms':>11} {'GFLOP/s':>8} | {'conv f+b ms':>11} {'GFLOP/s':>8} | "
@@ -84,6 +125,33 @@ def main():
           f"{3 * gflop / fb_ms * 1e3:8.1f} | {mm_ms:13.1f} {gflop / mm_ms * 1e3:8.1f} | {mm_fb_ms:13.1f} "
           f"{3 * gflop / mm_fb_ms * 1e3:8.1f}")
   np.testing.assert_allclose(conv(x, w), conv_as_matmul(x, w), rtol=1e-4, atol=1e-4)
+
+
+def compare_backward(args):
+  """--kernel_grad / --pool: XLA's backward against the rewritten one, median of --repeats, A and B alternating."""
+  rng = np.random.default_rng(0)
+  c, n = args.channels, args.batch
+  what = "3x3 SAME conv kernel gradient" if args.kernel_grad else "3x3/2 max-pool forward+backward"
+  print(f"{what}, NHWC float32, batch {n}, {c} channels; median of {args.repeats} rounds")
+  print(f"{'map':>5} | {'XLA ms':>9} | {'rewritten ms':>12} | ratio")
+  for s in (int(v) for v in args.sizes.split(",")):
+    x = jnp.asarray(rng.standard_normal((n, s, s, c), np.float32))
+    if args.kernel_grad:
+      w = jnp.asarray(rng.standard_normal((3, 3, c, c), np.float32) / np.sqrt(9 * c))
+      g = jnp.asarray(rng.standard_normal((n, s, s, c), np.float32))
+      fns, fn_args = (jax.jit(kernel_grad_xla), jax.jit(kernel_grad_taps)), (x, w, g)
+      ref, ours = np.asarray(fns[0](*fn_args)), np.asarray(fns[1](*fn_args))
+      assert np.max(np.abs(ours - ref)) <= 1e-5 * np.max(np.abs(ref)), "the rewrite differs"
+    else:
+      fns = tuple(jax.jit(lambda a, f=f: jax.vjp(f, a)[1](jnp.ones_like(f(a)))[0])
+                  for f in (max_pool_xla, max_pool_slices))
+      fn_args = (x,)
+    times = ([], [])
+    for _ in range(args.repeats):  # Alternate, so that a noisy neighbour hits both.
+      for k in (0, 1):
+        times[k].append(median_ms(fns[k], fn_args, 1))
+    a, b = (statistics.median(t) for t in times)
+    print(f"{s}x{s:<3} | {a:9.1f} | {b:12.1f} | {a / b:.2f}x")
 
 
 if __name__ == "__main__":

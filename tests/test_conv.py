@@ -139,3 +139,83 @@ def test_resnet_output_and_gradients_equal_with_xla_convolutions(monkeypatch):
   np.testing.assert_allclose(logits, logits_ref, rtol=1e-5, atol=1e-5)
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+TAP_CASES = [  # (input side, kernel side, stride, padding, input channels)
+    (8, 3, 1, ((1, 1), (1, 1)), 8),  # ResNet's 3x3 blocks: one matmul per tap.
+    (9, 3, 2, ((1, 1), (1, 1)), 8),  # The strided block entering a stage.
+    (8, 1, 2, ((0, 0), (0, 0)), 8),  # The 1x1 projection shortcut.
+    (12, 7, 2, ((3, 3), (3, 3)), 1),  # The grey stem: one matmul over all 49 taps' patches.
+    (8, 3, 2, "SAME", 9),  # Flax's SAME pads (0, 1) here.
+    (6, 2, 1, ((0, 2), (2, 0)), 8),  # Asymmetric explicit padding.
+]
+
+
+@pytest.mark.parametrize("size,kernel,stride,padding,cin", TAP_CASES)
+def test_tap_kernel_gradient_equals_xla_convolution(monkeypatch, size, kernel, stride, padding, cin):
+  monkeypatch.setattr(conv, "MIN_TAP_GRAD_PIXELS", 1)  # Small maps take the path too, for a quick test.
+  x, w = _inputs(size, kernel, cin=cin, cout=6)
+  kw = dict(window_strides=(stride, stride), padding=padding)
+  assert conv.uses_tap_kernel_grad(x.shape, w.shape, dimension_numbers=DIMS, backend="cpu", **kw)
+  ref = lambda a, b: lax.conv_general_dilated(a, b, dimension_numbers=DIMS, **kw)
+  ours = lambda a, b: conv.conv_general_dilated(a, b, dimension_numbers=DIMS, **kw)
+  cot = jax.random.normal(jax.random.key(7), jax.eval_shape(ref, x, w).shape)
+  y_ref, (dx_ref, dw_ref) = _value_and_grads(ref, x, w, cot)
+  y, (dx, dw) = _value_and_grads(ours, x, w, cot)
+  np.testing.assert_array_equal(y, y_ref)  # XLA's own forward and input gradient.
+  np.testing.assert_array_equal(dx, dx_ref)
+  np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, atol=1e-5)  # The same sums in another order.
+  if jax.default_backend() == "cpu":  # The kernel gradient really is computed by matmuls.
+    grad_w = jax.jit(jax.grad(lambda b: jnp.sum(ours(x, b) * cot))).lower(w).as_text()
+    assert "dot_general" in grad_w and "convolution" not in grad_w
+
+
+def test_only_large_plain_cpu_maps_take_the_tap_kernel_gradient():
+  kw = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=DIMS)
+  big, small, w = (2, 16, 16, 8), (2, 15, 15, 8), (3, 3, 8, 8)
+  assert conv.MIN_TAP_GRAD_PIXELS == 256
+  assert conv.uses_tap_kernel_grad(big, w, **kw, backend="cpu")
+  assert not conv.uses_tap_kernel_grad(small, w, **kw, backend="cpu")  # 225 output pixels.
+  assert not conv.uses_tap_kernel_grad(big, w, **kw, backend="gpu")
+  assert not conv.uses_tap_kernel_grad(big, w, **{**kw, "dimension_numbers": ("NCHW", "OIHW", "NCHW")},
+                                       backend="cpu")
+  assert not conv.uses_tap_kernel_grad(big, w, **kw, rhs_dilation=(2, 2), backend="cpu")
+  assert not conv.uses_tap_kernel_grad(big, (3, 3, 4, 8), **kw, feature_group_count=2, backend="cpu")
+
+
+def test_resnet_at_64px_equals_xla_convolutions_and_flax_pooling(monkeypatch):
+  """A ResNet at 64 px, train-mode BatchNorm: the stem's map (32x32) and the first stage's (16x16) take
+  the tap kernel gradient, the stem's pool is jaxcxr's, the last stage (2x2) the matmul path; logits and
+  parameter gradients equal those with XLA's convolutions and Flax's pool."""
+  import flax.linen as flax_nn  # pylint: disable=g-import-not-at-top
+  from jaxcxr import models  # pylint: disable=g-import-not-at-top
+  from jaxcxr.models import pooling  # pylint: disable=g-import-not-at-top
+  model = models.get_model("resnet10_w16", num_classes=3)
+  x = jax.random.uniform(jax.random.key(1), (4, 64, 64, 1))
+  variables = model.init(jax.random.key(0), x, train=False)
+
+  def make_loss():
+    def loss(params):
+      (logits, _), _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+      return jnp.sum(jnp.tanh(logits)), logits
+    return loss
+
+  run = lambda: jax.jit(jax.value_and_grad(make_loss(), has_aux=True))(variables["params"])
+  program = lambda: jax.jit(jax.grad(lambda p: make_loss()(p)[0])).lower(variables["params"]).as_text()
+  (_, logits), grads = run()
+  ours = program()
+  monkeypatch.setattr(conv, "MAX_MATMUL_PIXELS", 0)
+  monkeypatch.setattr(conv, "MIN_TAP_GRAD_PIXELS", 10**9)
+  monkeypatch.setattr(pooling, "max_pool",
+                      lambda x, w, s, p: flax_nn.max_pool(x, w, strides=s, padding=p))
+  (_, logits_ref), grads_ref = run()
+  reference = program()
+  if jax.default_backend() == "cpu":  # The two runs did compute differently.
+    assert "select_and_scatter" in reference and "select_and_scatter" not in ours
+    assert ours.count("convolution") < reference.count("convolution")
+  np.testing.assert_allclose(logits, logits_ref, rtol=1e-5, atol=1e-5)
+  for path, a in jax.tree_util.tree_leaves_with_path(grads):
+    b = grads_ref
+    for k in path:
+      b = b[k.key]
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))

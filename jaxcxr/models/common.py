@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxcxr.models import conv as conv_lib
+from jaxcxr.models import pooling
 
 
 def layers(*, dtype, train, bn_axis_name=None):
@@ -30,11 +31,15 @@ def layers(*, dtype, train, bn_axis_name=None):
 
 
 def stem(x, *, features, conv, norm, dtype):
-  """7x7/2 convolution of the grey image, BatchNorm, ReLU, 3x3/2 max-pool (torchvision's padding)."""
+  """7x7/2 convolution of the grey image, BatchNorm, ReLU, 3x3/2 max-pool (torchvision's padding).
+
+  The pool is `jaxcxr.models.pooling.max_pool`: Flax's values and gradients, with a backward that is
+  fast on XLA:CPU.
+  """
   x = x.astype(dtype)
   x = conv(features, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="conv_init")(x)
   x = nn.relu(norm(name="bn_init")(x))
-  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  return pooling.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
 
 
 def pool_and_head(x, *, num_classes, head_bias_init):

@@ -14,6 +14,14 @@ kernel reshaped to (taps * Cin, Cout): the same sums as the convolution. Taps wh
 the zero padding (e.g. the 8 outer taps of a 3x3 kernel over a 1x1 map) contribute exact zeros and are
 left out. Everything else, and every other backend, goes to `lax.conv_general_dilated` unchanged.
 Gradients follow by autodiff (slices transpose to pads, the matmul to matmuls).
+
+Larger maps keep XLA's convolution for the forward pass and the input gradient, but XLA:CPU computes
+the kernel gradient of a convolution over a large map (16x16 and up) 1.5-2x slower than the same sums
+as matmuls (`benchmarks/xla_cpu_small_conv.py --kernel_grad`). There (`uses_tap_kernel_grad`), a
+`jax.custom_vjp` keeps XLA's forward and input gradient and computes the kernel gradient as one
+(Cin x N*Ho*Wo) @ (N*Ho*Wo x Cout) matmul per kernel tap, or, for inputs with few channels (the grey
+stem: 49 taps of one channel), as one matmul over the concatenated patches. The values are XLA's; the
+kernel gradient sums the same products in another order (equal to 1e-5).
 """
 
 import functools
@@ -27,6 +35,12 @@ import jax.numpy as jnp
 # where XLA's convolution takes 8-12 s, at 1x1 33 ms against 112 ms; at 4x4 they are even (250-400 ms each),
 # so larger maps stay with XLA.
 MAX_MATMUL_PIXELS = 4
+# Output maps with at least this many pixels get the tap-matmul kernel gradient on CPU (measured with
+# `benchmarks/xla_cpu_small_conv.py --kernel_grad`, batch 64: at 32x32 x 64 channels 0.50 s against 0.82 s,
+# at 16x16 x 128 0.23 s against 0.50 s; at 8x8 x 256 they are even).
+MIN_TAP_GRAD_PIXELS = 256
+# Inputs with fewer channels than this take the kernel gradient as one matmul over all taps' patches.
+FEW_CHANNELS = 8
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -71,6 +85,25 @@ def uses_matmul(lhs_shape, rhs_shape, *, window_strides, padding, lhs_dilation=N
   return pixels <= MAX_MATMUL_PIXELS
 
 
+def uses_tap_kernel_grad(lhs_shape, rhs_shape, *, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                         backend=None):
+  """Whether `conv_general_dilated` keeps XLA's forward but computes the kernel gradient as matmuls."""
+  if (backend or jax.default_backend()) != "cpu":
+    return False
+  if not _is_nhwc(dimension_numbers, len(lhs_shape)) or feature_group_count != 1 or batch_group_count != 1:
+    return False
+  if any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ())):
+    return False
+  pads = _pads(lhs_shape, rhs_shape, window_strides, padding)
+  if any(p < 0 for pair in pads for p in pair):
+    return False
+  pixels = 1
+  for a in range(2):
+    pixels *= output_size(lhs_shape[1 + a], kernel=rhs_shape[a], stride=window_strides[a], pad=pads[a])
+  return pixels >= MIN_TAP_GRAD_PIXELS
+
+
 def _pads(lhs_shape, rhs_shape, window_strides, padding):
   """Explicit (low, high) padding of the two spatial axes."""
   if isinstance(padding, str):
@@ -104,6 +137,50 @@ def conv_as_matmul(lhs, rhs, *, window_strides, padding, precision=None, preferr
   return out.reshape(n, ho, wo, cout)
 
 
+def _patch(x, i, j, *, strides, out_hw):
+  """The (N, Ho, Wo, C) inputs that kernel tap (i, j) reads from the padded input `x`."""
+  (sh, sw), (ho, wo) = strides, out_hw
+  n, _, _, c = x.shape
+  return lax.slice(x, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
+
+
+def _xla_conv(lhs, rhs, strides, pads, precision):
+  return lax.conv_general_dilated(lhs, rhs, strides, pads, dimension_numbers=_NHWC, precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_tap_kernel_grad(lhs, rhs, strides, pads, precision):
+  return _xla_conv(lhs, rhs, strides, pads, precision)
+
+
+def _tap_fwd(lhs, rhs, strides, pads, precision):
+  return _xla_conv(lhs, rhs, strides, pads, precision), (lhs, rhs)
+
+
+def _tap_bwd(strides, pads, precision, residuals, g):
+  lhs, rhs = residuals
+  # The input gradient: XLA's own transposed convolution (dropped by XLA when nothing uses it).
+  _, input_vjp = jax.vjp(lambda a: _xla_conv(a, rhs, strides, pads, precision), lhs)
+  (d_lhs,) = input_vjp(g)
+  kh, kw, cin, cout = rhs.shape
+  out_hw = g.shape[1:3]
+  x = lax.pad(lhs, jnp.zeros((), lhs.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+  g2 = g.reshape(-1, cout)
+  contract_rows = (((0,), (0,)), ((), ()))  # (M x Cin)^T @ (M x Cout) without materialising a transpose.
+  if cin < FEW_CHANNELS:
+    patches = jnp.concatenate([_patch(x, i, j, strides=strides, out_hw=out_hw)
+                               for i in range(kh) for j in range(kw)], axis=-1)
+    d_rhs = lax.dot_general(patches.reshape(-1, kh * kw * cin), g2, contract_rows, precision=precision)
+  else:
+    d_rhs = jnp.stack([lax.dot_general(_patch(x, i, j, strides=strides, out_hw=out_hw).reshape(-1, cin), g2,
+                                       contract_rows, precision=precision)
+                       for i in range(kh) for j in range(kw)])
+  return d_lhs, d_rhs.reshape(kh, kw, cin, cout).astype(rhs.dtype)
+
+
+_conv_tap_kernel_grad.defvjp(_tap_fwd, _tap_bwd)
+
+
 @functools.wraps(lax.conv_general_dilated)
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
@@ -113,5 +190,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   if uses_matmul(lhs.shape, rhs.shape, window_strides=tuple(window_strides), padding=padding, **kwargs):
     return conv_as_matmul(lhs, rhs, window_strides=tuple(window_strides), padding=padding, precision=precision,
                           preferred_element_type=preferred_element_type)
+  if preferred_element_type is None and uses_tap_kernel_grad(
+      lhs.shape, rhs.shape, window_strides=tuple(window_strides), padding=padding, **kwargs):
+    pads = tuple(tuple(p) for p in _pads(lhs.shape, rhs.shape, tuple(window_strides), padding))
+    return _conv_tap_kernel_grad(lhs, rhs, tuple(window_strides), pads, precision)
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, precision=precision,
                                   preferred_element_type=preferred_element_type, **kwargs)
