@@ -65,14 +65,21 @@ def live_taps(size, *, kernel, stride, pad):
           if any(pad[0] <= k + stride * o < pad[0] + size for o in range(out))]
 
 
-def uses_matmul(lhs_shape, rhs_shape, *, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                dimension_numbers=None, feature_group_count=1, batch_group_count=1, backend=None):
-  """Whether `conv_general_dilated` takes the patches + matmul path for these static arguments."""
+def _plain_cpu_conv(lhs_shape, dimension_numbers, lhs_dilation, rhs_dilation, feature_group_count,
+                    batch_group_count, backend):
+  """A 2-D NHWC x HWIO convolution without dilation or groups, traced for the CPU backend."""
   if (backend or jax.default_backend()) != "cpu":
     return False
   if not _is_nhwc(dimension_numbers, len(lhs_shape)) or feature_group_count != 1 or batch_group_count != 1:
     return False
-  if any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ())):
+  return all(d == 1 for d in (lhs_dilation or ())) and all(d == 1 for d in (rhs_dilation or ()))
+
+
+def uses_matmul(lhs_shape, rhs_shape, *, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                dimension_numbers=None, feature_group_count=1, batch_group_count=1, backend=None):
+  """Whether `conv_general_dilated` takes the patches + matmul path for these static arguments."""
+  if not _plain_cpu_conv(lhs_shape, dimension_numbers, lhs_dilation, rhs_dilation, feature_group_count,
+                         batch_group_count, backend):
     return False
   pads = _pads(lhs_shape, rhs_shape, window_strides, padding)
   pixels = 1
@@ -89,11 +96,8 @@ def uses_tap_kernel_grad(lhs_shape, rhs_shape, *, window_strides, padding, lhs_d
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                          backend=None):
   """Whether `conv_general_dilated` keeps XLA's forward but computes the kernel gradient as matmuls."""
-  if (backend or jax.default_backend()) != "cpu":
-    return False
-  if not _is_nhwc(dimension_numbers, len(lhs_shape)) or feature_group_count != 1 or batch_group_count != 1:
-    return False
-  if any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ())):
+  if not _plain_cpu_conv(lhs_shape, dimension_numbers, lhs_dilation, rhs_dilation, feature_group_count,
+                         batch_group_count, backend):
     return False
   pads = _pads(lhs_shape, rhs_shape, window_strides, padding)
   if any(p < 0 for pair in pads for p in pair):
@@ -118,6 +122,13 @@ def _take(x, taps, axis):
   return jnp.take(x, jnp.asarray(taps), axis=axis)
 
 
+def tap_slice(x, i, j, *, strides, out_hw):
+  """The (N, Ho, Wo, C) inputs that kernel (or pooling window) offset (i, j) reads from the padded `x`."""
+  (sh, sw), (ho, wo) = strides, out_hw
+  n, _, _, c = x.shape
+  return lax.slice(x, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
+
+
 def conv_as_matmul(lhs, rhs, *, window_strides, padding, precision=None, preferred_element_type=None):
   """A 2-D NHWC x HWIO convolution as explicit padding + strided slices (im2col) + one matmul."""
   n, h, w, cin = lhs.shape
@@ -127,21 +138,13 @@ def conv_as_matmul(lhs, rhs, *, window_strides, padding, precision=None, preferr
   rows, cols = live_taps(h, kernel=kh, stride=sh, pad=ph), live_taps(w, kernel=kw, stride=sw, pad=pw)
   # lax.pad also takes negative padding (cropping), as lax.conv_general_dilated does.
   x = lax.pad(lhs, jnp.zeros((), lhs.dtype), ((0, 0, 0), (*ph, 0), (*pw, 0), (0, 0, 0)))
-  patches = [lax.slice(x, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, cin), (1, sh, sw, 1))
-             for i in rows for j in cols]
+  patches = [tap_slice(x, i, j, strides=(sh, sw), out_hw=(ho, wo)) for i in rows for j in cols]
   patches = jnp.concatenate(patches, axis=-1) if len(patches) > 1 else patches[0]
   # Row-major (tap row, tap column, input channel), the order the patches were concatenated in.
   kernel = _take(_take(rhs, rows, 0), cols, 1).reshape(-1, cout)
   out = lax.dot_general(patches.reshape(n * ho * wo, -1), kernel, (((1,), (0,)), ((), ())),
                         precision=precision, preferred_element_type=preferred_element_type)
   return out.reshape(n, ho, wo, cout)
-
-
-def _patch(x, i, j, *, strides, out_hw):
-  """The (N, Ho, Wo, C) inputs that kernel tap (i, j) reads from the padded input `x`."""
-  (sh, sw), (ho, wo) = strides, out_hw
-  n, _, _, c = x.shape
-  return lax.slice(x, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
 
 
 def _xla_conv(lhs, rhs, strides, pads, precision):
@@ -168,11 +171,11 @@ def _tap_bwd(strides, pads, precision, residuals, g):
   g2 = g.reshape(-1, cout)
   contract_rows = (((0,), (0,)), ((), ()))  # (M x Cin)^T @ (M x Cout) without materialising a transpose.
   if cin < FEW_CHANNELS:
-    patches = jnp.concatenate([_patch(x, i, j, strides=strides, out_hw=out_hw)
+    patches = jnp.concatenate([tap_slice(x, i, j, strides=strides, out_hw=out_hw)
                                for i in range(kh) for j in range(kw)], axis=-1)
     d_rhs = lax.dot_general(patches.reshape(-1, kh * kw * cin), g2, contract_rows, precision=precision)
   else:
-    d_rhs = jnp.stack([lax.dot_general(_patch(x, i, j, strides=strides, out_hw=out_hw).reshape(-1, cin), g2,
+    d_rhs = jnp.stack([lax.dot_general(tap_slice(x, i, j, strides=strides, out_hw=out_hw).reshape(-1, cin), g2,
                                        contract_rows, precision=precision)
                        for i in range(kh) for j in range(kw)])
   return d_lhs, d_rhs.reshape(kh, kw, cin, cout).astype(rhs.dtype)

@@ -22,16 +22,11 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from jaxcxr.models import conv
+
 
 def _offsets(window):
   return [(i, j) for i in range(window[0]) for j in range(window[1])]
-
-
-def _window_slice(xp, offset, strides, out_hw):
-  """The (N, Ho, Wo, C) values that window offset `offset` reads from the padded input `xp`."""
-  (i, j), (sh, sw), (ho, wo) = offset, strides, out_hw
-  n, _, _, c = xp.shape
-  return lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
 
 
 def _geometry(shape, window, strides, padding):
@@ -50,7 +45,7 @@ def _pad_input(x, padding):
 def _max_pool_2d(x, window, strides, padding):
   xp = _pad_input(x, padding)
   _, out_hw = _geometry(x.shape, window, strides, padding)
-  return functools.reduce(jnp.maximum, (_window_slice(xp, o, strides, out_hw) for o in _offsets(window)))
+  return functools.reduce(jnp.maximum, (conv.tap_slice(xp, *o, strides=strides, out_hw=out_hw) for o in _offsets(window)))
 
 
 def _max_pool_fwd(x, window, strides, padding):
@@ -67,7 +62,7 @@ def _max_pool_bwd(window, strides, padding, residuals, g):
   taken = jnp.zeros(y.shape, bool)
   grad = jnp.zeros(xp.shape, jnp.float32)
   for (i, j) in _offsets(window):
-    first = (_window_slice(xp, (i, j), strides, out_hw) == y) & ~taken
+    first = (conv.tap_slice(xp, i, j, strides=strides, out_hw=out_hw) == y) & ~taken
     taken = taken | first
     share = jnp.where(first, g32, zero)
     # Transpose of the strided slice: put each output's share back at row i + sh * r, column j + sw * c.
