@@ -76,12 +76,24 @@ def test_messages_name_what_is_allowed():
       ("train.batch_size", -4): "config.train.batch_size=-4 is not allowed: use an integer >= 1.",
       ("data.sampling.ratio", 1.5): "config.data.sampling.ratio=1.5 is not allowed: use a number in (0, 1).",
       ("train.learning_rate", 0.0): "config.train.learning_rate=0.0 is not allowed: use a number > 0.",
-      ("data.image_size", 16): "config.data.image_size=16 is not allowed: use an integer >= 32.",
+      ("data.image_size", 16): "config.data.image_size=16 is not allowed: use an integer >= 28.",
   }
   for (path, value), message in cases.items():
     with pytest.raises(errors.ConfigError) as e:
       config_check.check(_with(demo.get_config(), path, value))
     assert str(e.value) == message
+
+
+def test_image_size_floor_depends_on_the_model():
+  # ChestMNIST's native 28 px works for a ResNet (last stage 1x1) and is refused for a DenseNet, whose
+  # 'VALID' transition pools would leave an empty map.
+  config = _with(demo.get_config(), "data.image_size", 28)
+  config_check.check(config)
+  with pytest.raises(errors.ConfigError) as e:
+    config_check.check(_with(config, "model.name", "densenet121"))
+  assert str(e.value).startswith("config.data.image_size=28 is not allowed: use an integer >= 32 with "
+                                 "model.name='densenet121'")
+  config_check.check(_with(_with(config, "model.name", "densenet121"), "data.image_size", 32))
 
 
 def test_ranges_include_their_ends_where_documented():
