@@ -11,8 +11,9 @@ having been written negative) and reused afterwards. The no-learning controls on
 0.66 (logistic regression on 16 x 16 pixels) for Hernia, 0.61 and 0.69 for Pneumothorax: what the arms
 have to beat.
 
-Arms: baseline, weighted, focal, oversample (target_ratio sampling + label-blind augmentation, BCE; the
-default), its ablations sample_only and augment_only, oversample_labelaug (label-dependent augmentation),
+Arms: baseline, weighted, focal, oversample (target_ratio sampling + label-blind augmentation, BCE), its
+ablations sample_only (the sampling alone; the default) and augment_only, oversample_labelaug
+(label-dependent augmentation),
 hybrid (oversample + focal loss), smote, smote_hybrid and mlsmote (feature-space resampling and a new head
 after training), crt (decoupled classifier re-training), asl, ldam_drw and logit_adjusted (long-tail
 losses); see jaxcxr/arms.py.
@@ -26,8 +27,10 @@ from jaxcxr import arms
 from configs import base
 
 
-# The default arm: the best on the phantom data in the demo study (README, 'Reading the study').
-DEFAULT_ARM = "oversample"
+# The default arm: the study's choice on validation (mean over 3 seeds of Hernia validation AUPRC, 0.626,
+# ahead of oversample's 0.612 with overlapping spreads) on the phantom data; test took no part in it
+# (README, 'Reading the study'). A choice on phantom data, not a claim about real radiographs.
+DEFAULT_ARM = "sample_only"
 
 
 def get_config(arg=DEFAULT_ARM):

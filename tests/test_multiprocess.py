@@ -7,16 +7,15 @@ import subprocess
 import jax
 import numpy as np
 
-from configs import demo
 from jaxcxr import experiment
 from jaxcxr import model_context
 from tests.helpers import tiny_config, tiny_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = dict(num_steps=4, eval_every=4, checkpoint_every=4)
-# Both sides name the arm: the demo's default, which oversamples and augments, so the check covers the
-# sampled stream's process shards and the augmentation keys as well as the step.
-ARM = demo.DEFAULT_ARM
+# Both sides name the arm: one that oversamples and augments, so the check covers the sampled stream's
+# process shards and the augmentation keys as well as the step.
+ARM = "oversample"
 
 
 def _launch(workdir, data_dir, timeout=420):
