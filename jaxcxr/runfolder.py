@@ -15,6 +15,7 @@ import time
 from typing import List, Optional, Sequence, Tuple, Union
 
 from absl import logging
+import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -228,7 +229,10 @@ def checkpoint_manager(workdir: str, *, keep: Optional[int] = None, create: bool
       best_fn=best, best_mode="max", create=create,
       preservation_policy=(ocp.checkpoint_managers.AnyPreservationPolicy(policies) if keep is not None
                            else None))
-  handlers = None if create else {"state": ocp.StandardCheckpointHandler()}
+  # Readers also name the Grain iterator's handler ('data', saved by the trainer beside 'state'): without it
+  # Orbax warns on every read that an item it found could not be restored, although none was asked for.
+  handlers = None if create else {"state": ocp.StandardCheckpointHandler(),
+                                  "data": grain.checkpoint.CheckpointHandler()}
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
 
 

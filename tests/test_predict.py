@@ -3,6 +3,7 @@ model context exists, end to end on a tiny trained run."""
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -266,6 +267,17 @@ def test_predict_command_matches_evaluation(trained, tmp_path):
   calls = np.asarray([[int(r[f"call_{c}"]) for c in nih.CLASSES] for r in rows[:40]])
   np.testing.assert_array_equal(calls, (probs >= thresholds).astype(int))
   assert readers.read_image(pngs[0], config.data.image_size).error is None
+
+
+def test_reading_a_trained_run_warns_of_nothing(trained, caplog):
+  # The trainer saves the Grain iterator ('data') beside the model ('state'); readers restore only the model
+  # and used to get an Orbax warning on every read that 'data' could not be restored.
+  from jaxcxr import model_context  # pylint: disable=g-import-not-at-top
+  _, workdir = trained
+  with caplog.at_level(logging.WARNING):
+    step, variables = model_context.ModelContext.from_workdir(workdir).restore("best")
+  assert step > 0 and "params" in variables
+  assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [r.getMessage() for r in caplog.records]
 
 
 def test_localize_command_writes_its_report(trained, tmp_path):
