@@ -194,6 +194,16 @@ def _cell(entry):
   return f"{entry['value']:.3f}{ci}"
 
 
+def metric_table(report: dict, metric: str = "pointing_game") -> str:
+  """One metric as a markdown table: finding, pairs, model, random map, centre prior, beats both."""
+  lines = ["| finding | pairs | model | random map | centre prior | beats both |", "|---|---|---|---|---|---|"]
+  for name, row in report["findings"].items():
+    b = row["beats_controls"][metric]
+    lines.append(f"| {name} | {row['pairs']} | {_cell(row['model'][metric])} | {_cell(row['random'][metric])} | "
+                 f"{_cell(row['centre'][metric])} | {'–' if b is None else ('yes' if b else 'no')} |")
+  return "\n".join(lines)
+
+
 def markdown(report: dict) -> str:
   """localize.md: one table per metric: finding, pairs, model, random map, centre prior, beats both."""
   table = report["findings"]
@@ -203,13 +213,7 @@ def markdown(report: dict) -> str:
            f"thresholded at {report.get('map_threshold', MAP_THRESHOLD)} of their range for T(IoBB) and IoU. "
            "Intervals: 95% patient bootstrap. 'beats both': the model's interval lies above both controls'.", ""]
   for k in METRICS:
-    lines += [f"## {METRIC_TITLES[k]}", "", "| finding | pairs | model | random map | centre prior | beats both |",
-              "|---|---|---|---|---|---|"]
-    for name, row in table.items():
-      b = row["beats_controls"][k]
-      lines.append(f"| {name} | {row['pairs']} | {_cell(row['model'][k])} | {_cell(row['random'][k])} | "
-                   f"{_cell(row['centre'][k])} | {'–' if b is None else ('yes' if b else 'no')} |")
-    lines.append("")
+    lines += [f"## {METRIC_TITLES[k]}", "", metric_table(report, k), ""]
   if report.get("skipped"):
     lines.append(f"Boxes not scored: {json.dumps(report['skipped'])}.")
   return "\n".join(lines) + "\n"

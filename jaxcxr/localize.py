@@ -32,10 +32,13 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv):
   cli.start(argv)
-  localization.run(FLAGS.workdir, checkpoint=FLAGS.checkpoint, box_file=FLAGS.boxes,
-                   box_image_size=FLAGS.box_image_size, method=FLAGS.method, split_name=FLAGS.split,
-                   map_threshold=FLAGS.map_threshold, num_samples=FLAGS.bootstrap_samples, seed=FLAGS.seed,
-                   out_dir=FLAGS.out_dir)
+  report = localization.run(FLAGS.workdir, checkpoint=FLAGS.checkpoint, box_file=FLAGS.boxes,
+                            box_image_size=FLAGS.box_image_size, method=FLAGS.method, split_name=FLAGS.split,
+                            map_threshold=FLAGS.map_threshold, num_samples=FLAGS.bootstrap_samples,
+                            seed=FLAGS.seed, out_dir=FLAGS.out_dir)
+  print(f"Pointing game ({FLAGS.method}, checkpoint step {report['step']}, 95% patient-bootstrap intervals; "
+        "T(IoBB) and IoU in localize.md):")
+  print(localization.metric_table(report, "pointing_game"))
 
 
 if __name__ == "__main__":

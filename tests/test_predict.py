@@ -300,6 +300,9 @@ def test_localize_command_writes_its_report(trained, tmp_path):
   assert report["pairs"] == 12 and set(report["findings"]) == {"Hernia", "Infiltration", "All"}
   assert report["findings"]["Hernia"]["pairs"] == 6 and report["box_image_size"] == config.data.image_size
   assert (out / "localize.md").exists() and (out / "localize_overlays.png").exists()
+  # The console shows the pointing game as in localize.md, one row per finding.
+  hernia = next(line for line in proc.stdout.splitlines() if line.startswith("| Hernia |"))
+  assert hernia in (out / "localize.md").read_text() and "| All | 12 |" in proc.stdout
   bad = subprocess.run([sys.executable, "-m", "jaxcxr.localize", f"--workdir={workdir}", f"--boxes={box_file}",
                         "--checkpoint=newest"], capture_output=True, text=True, timeout=600, cwd=root)
   assert bad.returncode == 2 and "newest" in bad.stderr.strip().splitlines()[-1]
