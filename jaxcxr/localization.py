@@ -206,7 +206,6 @@ def metric_table(report: dict, metric: str = "pointing_game") -> str:
 
 def markdown(report: dict) -> str:
   """localize.md: one table per metric: finding, pairs, model, random map, centre prior, beats both."""
-  table = report["findings"]
   lines = [f"# Localisation against expert boxes ({report.get('method', 'heatmap')})", "",
            f"Checkpoint step {report.get('step', '?')}; boxes from {report.get('box_file', '?')}; "
            f"{report.get('pairs', 0)} (image, finding) pairs on {report.get('images', 0)} images. Maps "
