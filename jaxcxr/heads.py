@@ -27,8 +27,9 @@ class HeadError(errors.UserError):
 
 def init_head(kind: str, *, dim: int, num_classes: int, hidden: int, prior, seed: int) -> dict:
   """Parameters of a linear head (zero kernel) or an MLP (He-initialised hidden layer); the output bias
-  starts at the log prior odds of `prior` (num_classes,)."""
-  bias = jnp.asarray(model_context.prior_log_odds(prior), jnp.float32)
+  starts at the log prior odds of `prior` (num_classes,), or at zero when `prior` is None."""
+  bias = (jnp.zeros((num_classes,), jnp.float32) if prior is None
+          else jnp.asarray(model_context.prior_log_odds(prior), jnp.float32))
   if kind == "linear":
     return {"kernel": jnp.zeros((dim, num_classes), jnp.float32), "bias": bias}
   k1, k2 = jax.random.split(jax.random.key(seed))
@@ -100,7 +101,10 @@ def train_head(features, labels, *, head_config, loss_config, seed: int, sample_
   mean, std = feature_moments(features)
   num_pos = labels.sum(0)
   loss_fn = losses.get_loss_fn(loss_config, num_pos=num_pos, num_total=n, num_steps=s.steps)
-  params = init_head(s.head, dim=dim, num_classes=labels.shape[1], hidden=s.get("hidden", 0), prior=num_pos / n,
+  # As for the backbone's :logit_adjusted arm (model.head_bias='zero'): that loss adds the log prior odds
+  # itself, so a prior bias would count the prior twice.
+  prior = None if loss_config.name == "logit_adjusted" else num_pos / n
+  params = init_head(s.head, dim=dim, num_classes=labels.shape[1], hidden=s.get("hidden", 0), prior=prior,
                      seed=seed)
   schedule = optax.cosine_decay_schedule(s.learning_rate, s.steps)
   tx = optax.adamw(schedule, weight_decay=s.weight_decay, mask=model_context.weight_decay_mask)

@@ -39,6 +39,24 @@ def test_sample_weights_decide_which_rows_the_head_sees():
                      sample_weights=np.zeros(400), progress=False)
 
 
+def test_logit_adjusted_head_counts_the_prior_once():
+  """Features without information, class 0 at 10%: trained with logit adjustment (tau 1), the raw logit
+  should carry no prior (bias near 0, the balanced odds), while a BCE head's bias sits at the log prior
+  odds. A head started at the prior under logit adjustment would count it twice and stay near -2.2."""
+  rng = np.random.default_rng(0)
+  features = rng.normal(size=(2000, 8)).astype(np.float32)
+  labels = np.zeros((2000, 1), np.float32)
+  labels[rng.permutation(2000)[:200], 0] = 1
+  biases = {}
+  for name in ("bce", "logit_adjusted"):
+    loss = ml_collections.ConfigDict({"name": name, "tau": 1.0})
+    params, *_ = heads.train_head(features, labels, head_config=_head_config(steps=40), loss_config=loss, seed=0,
+                                  progress=False)
+    biases[name] = float(params["bias"][0])
+  assert abs(biases["bce"] - np.log(0.1 / 0.9)) < 0.3, biases
+  assert abs(biases["logit_adjusted"]) < 0.5, biases
+
+
 @pytest.fixture(scope="module")
 def crt_run(tiny_data_dir, tmp_path_factory):
   config = tiny_config(tiny_data_dir, arm="crt")
