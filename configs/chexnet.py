@@ -25,13 +25,17 @@ keeps the best by the target's validation AUPRC, and reports every class).
 """
 
 from configs import base
+from jaxcxr import arms
+from jaxcxr import errors
 
 # The random split's training part holds about 78,500 images (70% of 112,120): one epoch at batch 16.
 STEPS_PER_EPOCH = 4_900
 
 
 def get_config(arg=None):
-  del arg  # One recipe, no arms.
+  if arms.config_tokens(arg):  # One recipe: an arm given here would otherwise be silently ignored.
+    raise errors.ConfigError(f"configs/chexnet.py is one fixed recipe and takes no config string (got {arg!r}); "
+                             "change fields with --config.FIELD=VALUE, or use configs/hernia.py:ARM for the arms.")
   config = base.get_config()
   config.arm = "chexnet"
   config.data.source = "nih"

@@ -9,6 +9,7 @@ import pytest
 
 from configs import chexnet
 from configs import demo
+from jaxcxr import errors
 from jaxcxr import experiment
 from jaxcxr import model_context
 from jaxcxr import train
@@ -98,6 +99,9 @@ def test_chexnet_config_is_the_published_recipe():
   assert config.data.split == "random" and config.loss.name == "bce"
   with pytest.raises(AttributeError):  # Locked like every config: a misspelt field fails.
     config.train.learnin_rate = 1.0
+  assert chexnet.get_config("").arm == "chexnet"
+  with pytest.raises(errors.ConfigError, match="takes no config string"):  # Not silently ignored.
+    chexnet.get_config("focal")
 
 
 def test_plateau_run_logs_validation_loss_and_scaled_learning_rate(tiny_data_dir, tmp_path):
