@@ -100,11 +100,18 @@ def main():
   parser.add_argument("--pool", action="store_true",
                       help="time the 3x3/2 max-pool's forward+backward (reduce_window against strided slices) "
                            "over maps of --sizes (try --channels=64 --sizes=32,64)")
+  parser.add_argument("--skinny_dot", action="store_true",
+                      help="time the per-tap kernel-gradient matmul, (C x M) @ (M x C) with M = batch * size^2: "
+                           "one, two and four independent ones in one jit, and one 9x wider (try --channels=64 "
+                           "--sizes=32). Two taking twice one shows they run one after another, each on one "
+                           "thread; compare `taskset -c 0` to see one thread is all a single one uses")
   args = parser.parse_args()
   jax.config.update("jax_platforms", "cpu")
   import os  # pylint: disable=g-import-not-at-top
   print(f"jax {jax.__version__}, jaxlib {jax.lib.__version__ if hasattr(jax.lib, '__version__') else '?'}, "
         f"{platform.machine()}, {os.cpu_count()} CPUs, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  if args.skinny_dot:
+    return skinny_dots(args)
   if args.kernel_grad or args.pool:
     return compare_backward(args)
   print(f"3x3 stride-1 SAME conv, NHWC/HWIO float32, batch {args.batch}, {args.channels} -> {args.channels} "
@@ -125,6 +132,28 @@ def main():
           f"{3 * gflop / fb_ms * 1e3:8.1f} | {mm_ms:13.1f} {gflop / mm_ms * 1e3:8.1f} | {mm_fb_ms:13.1f} "
           f"{3 * gflop / mm_fb_ms * 1e3:8.1f}")
   np.testing.assert_allclose(conv(x, w), conv_as_matmul(x, w), rtol=1e-4, atol=1e-4)
+
+
+def skinny_dots(args):
+  """--skinny_dot: the long-contraction, small-output matmuls of a kernel gradient over a large map."""
+  rng = np.random.default_rng(0)
+  c = args.channels
+  contract_rows = (((0,), (0,)), ((), ()))  # (M x C)^T @ (M x C), as in one tap's kernel gradient.
+  print(f"(C x M) @ (M x C), float32, C = {c}; median of {args.repeats}")
+  print(f"{'M':>9} | {'one ms':>8} {'GFLOP/s':>8} | {'two ms':>8} | {'four ms':>8} | {'9x wider ms':>11} {'GFLOP/s':>8}")
+  for s in (int(v) for v in args.sizes.split(",")):
+    m = args.batch * s * s
+    a, b, d, e = (jnp.asarray(rng.standard_normal((m, c), np.float32)) for _ in range(4))
+    wide = jnp.asarray(rng.standard_normal((m, 9 * c), np.float32))
+    dot = lambda p, q: lax.dot_general(p, q, contract_rows)
+    one = median_ms(jax.jit(dot), (a, b), args.repeats)
+    two = median_ms(jax.jit(lambda p, q, r, t: (dot(p, q), dot(r, t))), (a, b, d, e), args.repeats)
+    four = median_ms(jax.jit(lambda p, q, r, t: (dot(p, q), dot(r, t), dot(p, t), dot(r, q))), (a, b, d, e),
+                     args.repeats)
+    wide_ms = median_ms(jax.jit(lambda p, q: dot(q, p)), (wide, b), args.repeats)
+    gflop = 2 * m * c * c / 1e9
+    print(f"{m:9d} | {one:8.1f} {gflop / one * 1e3:8.1f} | {two:8.1f} | {four:8.1f} | {wide_ms:11.1f} "
+          f"{9 * gflop / wide_ms * 1e3:8.1f}")
 
 
 def compare_backward(args):

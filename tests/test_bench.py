@@ -155,3 +155,16 @@ def test_cli_prints_table_and_writes_json(tmp_path):
   saved = json.loads(out.read_text())
   assert saved["device"]["count"] == 1 and set(saved["parts"]) == {"step", "loader"}
   assert f"JSON: {out}" in proc.stdout
+
+
+@pytest.mark.parametrize("mode", ["", "--kernel_grad", "--pool", "--skinny_dot"])
+def test_xla_cpu_reproduction_script_runs_each_mode(mode):
+  # The standalone script meant for an upstream report: every mode runs at a tiny size and prints one row
+  # per map size (the --kernel_grad mode also checks the rewrite equals XLA's gradient).
+  cmd = [sys.executable, "benchmarks/xla_cpu_small_conv.py", "--channels=8", "--batch=2", "--sizes=2,4",
+         "--repeats=1"] + ([mode] if mode else [])
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  # Rows start with the map ("2x2") or, for --skinny_dot, M = batch * side^2 (8, 32).
+  rows = [line for line in proc.stdout.splitlines() if line.split() and line.split()[0] in ("2x2", "4x4", "8", "32")]
+  assert len(rows) == 2, proc.stdout
