@@ -32,9 +32,9 @@ CHESTMNIST_SPLIT = "chestmnist"
 # Smallest data.image_size: ChestMNIST's native 28 px. Every network halves the image five times (stem
 # conv, max pool, three strided stages or DenseNet transitions); a ResNet's 'SAME' strides leave 28 px a
 # 1x1 last-stage map of real pixels (28, 14, 7, 4, 2, 1), but DenseNet's 2x2 'VALID' transition pools
-# floor it to an empty map below 29 px (28, 14, 7, 3, 1, 0), so DenseNets take 32 px and up.
+# floor it to an empty map (28, 14, 7, 3, 1, 0: NaN logits); from 29 px (29, 15, 8, 4, 2, 1) they work.
 MIN_IMAGE_SIZE = 28
-MIN_DENSENET_IMAGE_SIZE = 32
+MIN_DENSENET_IMAGE_SIZE = 29
 
 
 class _Rule:
@@ -269,5 +269,5 @@ def _check_combinations(config):
     _fail("data.split", split, f"one of {', '.join(repr(s) for s in nih.SPLITS)} with data.source={source!r}")
   model, size = _get(config, "model.name"), _get(config, "data.image_size")
   if isinstance(model, str) and model.startswith("densenet") and _is_int(size) and size < MIN_DENSENET_IMAGE_SIZE:
-    _fail("data.image_size", size, f"an integer >= {MIN_DENSENET_IMAGE_SIZE} with model.name={model!r} (its "
-          "transition pools leave no pixels below that; the ResNets take 28 px)")
+    _fail("data.image_size", size, f"an integer >= {MIN_DENSENET_IMAGE_SIZE} with model.name={model!r} (below "
+          "that its transition pools leave an empty map; the ResNets take 28 px)")

@@ -91,9 +91,9 @@ def test_image_size_floor_depends_on_the_model():
   config_check.check(config)
   with pytest.raises(errors.ConfigError) as e:
     config_check.check(_with(config, "model.name", "densenet121"))
-  assert str(e.value).startswith("config.data.image_size=28 is not allowed: use an integer >= 32 with "
+  assert str(e.value).startswith("config.data.image_size=28 is not allowed: use an integer >= 29 with "
                                  "model.name='densenet121'")
-  config_check.check(_with(_with(config, "model.name", "densenet121"), "data.image_size", 32))
+  config_check.check(_with(_with(config, "model.name", "densenet121"), "data.image_size", 29))
 
 
 def test_ranges_include_their_ends_where_documented():
