@@ -104,7 +104,11 @@ def config_factory(config_string: str, overrides: Optional[dict] = None) -> Call
   overrides = dict(overrides or {})
 
   def make(arm: str) -> ml_collections.ConfigDict:
-    config = module.get_config(",".join(arms_lib.config_tokens(arg) + [arm]))
+    try:
+      config = module.get_config(",".join(arms_lib.config_tokens(arg) + [arm]))
+    except errors.ConfigError as e:  # E.g. configs/chexnet.py: one fixed recipe, no arms to compare.
+      raise StudyError(f"{path} cannot build the study's arm {arm!r} ({e}); the study needs a config with "
+                       "arms, such as configs/demo.py, configs/hernia.py or configs/pneumothorax.py.") from None
     config.update_from_flattened_dict(overrides)
     return config
 
