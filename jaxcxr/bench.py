@@ -437,7 +437,8 @@ def run_bench(config, *, parts, steps, warmup, windows, peer, data, synthetic_im
     raise ValueError(f"Unknown --parts {sorted(unknown)}; choose from {', '.join(PARTS)}.")
   results = {"config": {"model": config.model.name, "image_size": config.data.image_size,
                         "global_batch": config.train.batch_size, "model_dtype": config.model.dtype,
-                        "loss": config.loss.name, "num_workers": config.data.num_workers},
+                        "loss": config.loss.name, "num_workers": config.data.num_workers,
+                        "arm": config.get("arm", ""), "augment": bool(config.data.augment.enabled)},
              "timing": {"steps": steps, "warmup": warmup, "windows": windows}, "parts": {}}
   out = results["parts"]
   # Children first, while this process has not claimed the accelerator's memory.
@@ -475,7 +476,10 @@ def run_bench(config, *, parts, steps, warmup, windows, peer, data, synthetic_im
     state = built[3]
   if "step" in parts:
     out["step"], state = bench_step(config, built, steps=steps, warmup=warmup, windows=windows)
-    out["step"]["notes"] = f"{common}; synthetic batch on device; first step {out['step']['first_step_s']:.1f} s"
+    # The PyTorch peer never augments: say whether this step does (on-device augmentation costs a few percent).
+    augment = "augmentation on" if config.data.augment.enabled else "no augmentation"
+    out["step"]["notes"] = (f"{common}; synthetic batch on device; {augment}; first step "
+                            f"{out['step']['first_step_s']:.1f} s")
   split = None
   if {"loader", "e2e"} & set(parts):
     split, data_note = train_split(config, data=data, synthetic_images=synthetic_images)

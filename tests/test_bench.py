@@ -143,9 +143,9 @@ def test_cli_prints_table_and_writes_json(tmp_path):
   out = tmp_path / "bench.json"
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
   proc = subprocess.run(
-      [sys.executable, "-m", "jaxcxr.bench", "--config=configs/demo.py", "--config.model.name=resnet_tiny",
-       "--config.data.image_size=32", "--config.train.batch_size=8", "--config.train.compilation_cache=",
-       "--parts=step,loader", "--peer=none", "--data=synthetic", "--synthetic_images=64", "--steps=2",
+      [sys.executable, "-m", "jaxcxr.bench", "--config=configs/demo.py:sample_only",
+       "--config.model.name=resnet_tiny", "--config.data.image_size=32", "--config.train.batch_size=8",
+       "--config.train.compilation_cache=", "--parts=step,loader", "--peer=none", "--data=synthetic", "--synthetic_images=64", "--steps=2",
        "--warmup=1", "--windows=1", f"--json_out={out}"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -155,6 +155,9 @@ def test_cli_prints_table_and_writes_json(tmp_path):
   saved = json.loads(out.read_text())
   assert saved["device"]["count"] == 1 and set(saved["parts"]) == {"step", "loader"}
   assert f"JSON: {out}" in proc.stdout
+  # sample_only does not augment, and the step row says so (the PyTorch peer never does).
+  assert saved["config"]["augment"] is False and saved["config"]["arm"] == "sample_only"
+  assert "; no augmentation;" in saved["parts"]["step"]["notes"]
 
 
 @pytest.mark.parametrize("mode", ["", "--kernel_grad", "--pool", "--skinny_dot"])
