@@ -5,6 +5,10 @@ A standalone reproduction (needs only jax and numpy), ready to attach to an upst
   python benchmarks/xla_cpu_small_conv.py                      # 512 channels, batch 64, maps 1, 2, 4, 8
   python benchmarks/xla_cpu_small_conv.py --channels=256 --sizes=1,2,4
   XLA_FLAGS=--some_flag python benchmarks/xla_cpu_small_conv.py   # the same under an XLA flag
+  python benchmarks/xla_cpu_small_conv.py --skinny_dot --channels=64 --sizes=32   # one-thread kernel-grad dots
+
+--kernel_grad, --pool and --skinny_dot (one at a time) time the other slow spots found on ResNet-18 at 64 and
+128 px; see each flag's --help.
 
 For each map size it times, on the CPU backend, a 3x3 stride-1 'SAME' convolution in NHWC/HWIO
 (`lax.conv_general_dilated`), forward and forward+backward (gradients of a sum with respect to the input
@@ -104,7 +108,8 @@ def main():
                       help="time the per-tap kernel-gradient matmul, (C x M) @ (M x C) with M = batch * size^2: "
                            "one, two and four independent ones in one jit, and one 9x wider (try --channels=64 "
                            "--sizes=32). Two taking twice one shows they run one after another, each on one "
-                           "thread; compare `taskset -c 0` to see one thread is all a single one uses")
+                           "thread; compare `taskset -c 0` to see one thread is all a single one uses). One mode at "
+                           "a time: --skinny_dot, --kernel_grad, --pool")
   args = parser.parse_args()
   jax.config.update("jax_platforms", "cpu")
   import os  # pylint: disable=g-import-not-at-top
@@ -140,17 +145,18 @@ def skinny_dots(args):
   c = args.channels
   contract_rows = (((0,), (0,)), ((), ()))  # (M x C)^T @ (M x C), as in one tap's kernel gradient.
   print(f"(C x M) @ (M x C), float32, C = {c}; median of {args.repeats}")
-  print(f"{'M':>9} | {'one ms':>8} {'GFLOP/s':>8} | {'two ms':>8} | {'four ms':>8} | {'9x wider ms':>11} {'GFLOP/s':>8}")
+  print(f"{'M':>9} | {'one ms':>8} {'GFLOP/s':>8} | {'two ms':>8} | {'four ms':>8} | {'9x wider ms':>11} "
+        f"{'GFLOP/s':>8}")
   for s in (int(v) for v in args.sizes.split(",")):
     m = args.batch * s * s
-    a, b, d, e = (jnp.asarray(rng.standard_normal((m, c), np.float32)) for _ in range(4))
+    ops = [jnp.asarray(rng.standard_normal((m, c), np.float32)) for _ in range(8)]  # No operand shared.
     wide = jnp.asarray(rng.standard_normal((m, 9 * c), np.float32))
     dot = lambda p, q: lax.dot_general(p, q, contract_rows)
-    one = median_ms(jax.jit(dot), (a, b), args.repeats)
-    two = median_ms(jax.jit(lambda p, q, r, t: (dot(p, q), dot(r, t))), (a, b, d, e), args.repeats)
-    four = median_ms(jax.jit(lambda p, q, r, t: (dot(p, q), dot(r, t), dot(p, t), dot(r, q))), (a, b, d, e),
-                     args.repeats)
-    wide_ms = median_ms(jax.jit(lambda p, q: dot(q, p)), (wide, b), args.repeats)
+    dots = lambda *xs: tuple(dot(xs[i], xs[i + 1]) for i in range(0, len(xs), 2))
+    one = median_ms(jax.jit(dots), ops[:2], args.repeats)
+    two = median_ms(jax.jit(dots), ops[:4], args.repeats)
+    four = median_ms(jax.jit(dots), ops, args.repeats)
+    wide_ms = median_ms(jax.jit(lambda p, q: dot(q, p)), (wide, ops[0]), args.repeats)
     gflop = 2 * m * c * c / 1e9
     print(f"{m:9d} | {one:8.1f} {gflop / one * 1e3:8.1f} | {two:8.1f} | {four:8.1f} | {wide_ms:11.1f} "
           f"{9 * gflop / wide_ms * 1e3:8.1f}")
