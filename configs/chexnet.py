@@ -28,6 +28,9 @@ from configs import base
 from jaxcxr import arms
 from jaxcxr import errors
 
+# One recipe: get_config takes no arm, and jaxcxr.study refuses this config rather than run it once per arm.
+TAKES_ARMS = False
+
 # The random split's training part holds about 78,500 images (70% of 112,120): one epoch at batch 16.
 STEPS_PER_EPOCH = 4_900
 

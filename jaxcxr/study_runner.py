@@ -101,14 +101,13 @@ def config_factory(config_string: str, overrides: Optional[dict] = None) -> Call
     raise StudyError(f"The study runs every arm; drop {named[0]!r} from --config={config_string} (use "
                      f"--arms={named[0]} to run that arm only).")
   module = load_config_module(path)
+  if not getattr(module, "TAKES_ARMS", True):  # E.g. configs/chexnet.py: one fixed recipe, nothing to compare.
+    raise StudyError(f"{path} is one fixed recipe without arms; the study needs a config with arms, such as "
+                     "configs/demo.py, configs/hernia.py or configs/pneumothorax.py.")
   overrides = dict(overrides or {})
 
   def make(arm: str) -> ml_collections.ConfigDict:
-    try:
-      config = module.get_config(",".join(arms_lib.config_tokens(arg) + [arm]))
-    except errors.ConfigError as e:  # E.g. configs/chexnet.py: one fixed recipe, no arms to compare.
-      raise StudyError(f"{path} cannot build the study's arm {arm!r} ({e}); the study needs a config with "
-                       "arms, such as configs/demo.py, configs/hernia.py or configs/pneumothorax.py.") from None
+    config = module.get_config(",".join(arms_lib.config_tokens(arg) + [arm]))
     config.update_from_flattened_dict(overrides)
     return config
 

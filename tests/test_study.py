@@ -71,7 +71,7 @@ def test_config_factory_adds_the_arm_and_keeps_overrides():
   with pytest.raises(study.StudyError, match="not found"):
     study.config_factory("configs/nope.py:quick")
   with pytest.raises(study.StudyError, match="needs a config with arms"):  # CheXNet's recipe has none.
-    study.config_factory("configs/chexnet.py")("baseline")
+    study.config_factory("configs/chexnet.py")
   assert study.default_seeds("configs/demo.py:quick") == study.QUICK_SEEDS
   assert study.default_seeds("configs/hernia.py") == study.DEFAULT_SEEDS
   with pytest.raises(study.StudyError, match="choose among"):
