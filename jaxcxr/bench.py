@@ -477,7 +477,7 @@ def run_bench(config, *, parts, steps, warmup, windows, peer, data, synthetic_im
   if "step" in parts:
     out["step"], state = bench_step(config, built, steps=steps, warmup=warmup, windows=windows)
     # The PyTorch peer never augments: say whether this step does (on-device augmentation costs a few percent).
-    augment = "augmentation on" if config.data.augment.enabled else "no augmentation"
+    augment = "augmentation on" if results["config"]["augment"] else "no augmentation"
     out["step"]["notes"] = (f"{common}; synthetic batch on device; {augment}; first step "
                             f"{out['step']['first_step_s']:.1f} s")
   split = None

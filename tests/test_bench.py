@@ -145,8 +145,8 @@ def test_cli_prints_table_and_writes_json(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "jaxcxr.bench", "--config=configs/demo.py:sample_only",
        "--config.model.name=resnet_tiny", "--config.data.image_size=32", "--config.train.batch_size=8",
-       "--config.train.compilation_cache=", "--parts=step,loader", "--peer=none", "--data=synthetic", "--synthetic_images=64", "--steps=2",
-       "--warmup=1", "--windows=1", f"--json_out={out}"],
+       "--config.train.compilation_cache=", "--parts=step,loader", "--peer=none", "--data=synthetic",
+       "--synthetic_images=64", "--steps=2", "--warmup=1", "--windows=1", f"--json_out={out}"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
   lines = proc.stdout.splitlines()
@@ -169,5 +169,6 @@ def test_xla_cpu_reproduction_script_runs_each_mode(mode):
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-2000:]
   # Rows start with the map ("2x2") or, for --skinny_dot, M = batch * side^2 (8, 32).
-  rows = [line for line in proc.stdout.splitlines() if line.split() and line.split()[0] in ("2x2", "4x4", "8", "32")]
+  rows = [line for line in proc.stdout.splitlines()
+          if line.split() and line.split()[0] in ("2x2", "4x4", "8", "32")]
   assert len(rows) == 2, proc.stdout

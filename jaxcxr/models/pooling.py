@@ -45,7 +45,8 @@ def _pad_input(x, padding):
 def _max_pool_2d(x, window, strides, padding):
   xp = _pad_input(x, padding)
   _, out_hw = _geometry(x.shape, window, strides, padding)
-  return functools.reduce(jnp.maximum, (conv.tap_slice(xp, *o, strides=strides, out_hw=out_hw) for o in _offsets(window)))
+  return functools.reduce(jnp.maximum, (conv.tap_slice(xp, i, j, strides=strides, out_hw=out_hw)
+                                        for i, j in _offsets(window)))
 
 
 def _max_pool_fwd(x, window, strides, padding):
