@@ -142,7 +142,8 @@ def test_resnet_output_and_gradients_equal_with_xla_convolutions(monkeypatch):
 
 
 TAP_CASES = [  # (input side, kernel side, stride, padding, input channels)
-    (8, 3, 1, ((1, 1), (1, 1)), 8),  # ResNet's 3x3 blocks: one matmul per tap.
+    (8, 3, 1, ((1, 1), (1, 1)), 8),  # ResNet's 3x3 blocks over 64 channels: one matmul over the patches.
+    (8, 3, 1, ((1, 1), (1, 1)), 72),  # Wider patches (ResNet's 128 channels and up): one matmul per tap.
     (9, 3, 2, ((1, 1), (1, 1)), 8),  # The strided block entering a stage.
     (8, 1, 2, ((0, 0), (0, 0)), 8),  # The 1x1 projection shortcut.
     (12, 7, 2, ((3, 3), (3, 3)), 1),  # The grey stem: one matmul over all 49 taps' patches.
@@ -165,9 +166,14 @@ def test_tap_kernel_gradient_equals_xla_convolution(monkeypatch, size, kernel, s
   np.testing.assert_array_equal(y, y_ref)  # XLA's own forward and input gradient.
   np.testing.assert_array_equal(dx, dx_ref)
   np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, atol=1e-5)  # The same sums in another order.
-  if jax.default_backend() == "cpu":  # The kernel gradient really is computed by matmuls.
+  if jax.default_backend() == "cpu":  # The kernel gradient really is computed by matmuls, as many as said.
     grad_w = jax.jit(jax.grad(lambda b: jnp.sum(ours(x, b) * cot))).lower(w).as_text()
-    assert "dot_general" in grad_w and "convolution" not in grad_w
+    assert "convolution" not in grad_w
+    taps = kernel * kernel
+    how = conv.kernel_grad_matmuls(w.shape)
+    assert how == ("concatenated" if cin < conv.FEW_CHANNELS else "patches" if 1 < taps and taps * cin <= 576
+                   else "per_tap")
+    assert grad_w.count("stablehlo.dot_general") == (taps if how == "per_tap" else 1)
 
 
 def test_only_large_plain_cpu_maps_take_the_tap_kernel_gradient():

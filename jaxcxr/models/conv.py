@@ -19,9 +19,13 @@ Larger maps keep XLA's convolution for the forward pass and the input gradient, 
 the kernel gradient of a convolution over a large map (16x16 and up) 1.5-2x slower than the same sums
 as matmuls (`benchmarks/xla_cpu_small_conv.py --kernel_grad`). There (`uses_tap_kernel_grad`), a
 `jax.custom_vjp` keeps XLA's forward and input gradient and computes the kernel gradient as one
-(Cin x N*Ho*Wo) @ (N*Ho*Wo x Cout) matmul per kernel tap, or, for inputs with few channels (the grey
-stem: 49 taps of one channel), as one matmul over the concatenated patches. The values are XLA's; the
-kernel gradient sums the same products in another order (equal to 1e-5).
+(Cin x N*Ho*Wo) @ (N*Ho*Wo x Cout) matmul per kernel tap, or, where the patches of all taps together are
+narrow (the grey stem: 49 taps of one channel; ResNet's first stage: 9 taps of 64 channels), as one matmul
+over the patches. That one wider matmul keeps both cores busy where the per-tap ones (64 x 64 outputs,
+a contraction over N*Ho*Wo) do not, and it more than pays for building the patches: at 32x32 x 64
+channels, batch 64, 101-108 ms against 136-138 ms (`benchmarks/xla_cpu_small_conv.py --kernel_grad`,
+BENCHMARKS.md). The values are XLA's; the kernel gradient sums the same products in another order (equal
+to 1e-5).
 """
 
 import functools
@@ -39,8 +43,13 @@ MAX_MATMUL_PIXELS = 4
 # `benchmarks/xla_cpu_small_conv.py --kernel_grad`, batch 64: at 32x32 x 64 channels 0.50 s against 0.82 s,
 # at 16x16 x 128 0.23 s against 0.50 s; at 8x8 x 256 they are even).
 MIN_TAP_GRAD_PIXELS = 256
-# Inputs with fewer channels than this take the kernel gradient as one matmul over all taps' patches.
+# Inputs with fewer channels than this take the kernel gradient as one matmul over all taps' patches,
+# concatenated (the grey stem's 49 one-channel taps).
 FEW_CHANNELS = 8
+# Convolutions with more than one tap whose patches (taps x Cin) are at most this wide also take one matmul,
+# over patches built as a sum of zero-padded slices: ResNet's 3x3 x 64-channel convolutions (576). At 128
+# channels (1152) the per-tap matmuls are as fast (BENCHMARKS.md).
+MAX_PATCH_WIDTH = 576
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -108,6 +117,18 @@ def uses_tap_kernel_grad(lhs_shape, rhs_shape, *, window_strides, padding, lhs_d
   return pixels >= MIN_TAP_GRAD_PIXELS
 
 
+def kernel_grad_matmuls(rhs_shape):
+  """How the tap kernel gradient multiplies, for an HWIO kernel of this shape: 'concatenated' (few input
+  channels: one matmul over the concatenated patches), 'patches' (narrow patches: one matmul over patches
+  built from zero-padded slices) or 'per_tap' (one matmul per kernel tap)."""
+  kh, kw, cin, _ = rhs_shape
+  if cin < FEW_CHANNELS:
+    return "concatenated"
+  if 1 < kh * kw and kh * kw * cin <= MAX_PATCH_WIDTH:
+    return "patches"
+  return "per_tap"
+
+
 def _pads(lhs_shape, rhs_shape, window_strides, padding):
   """Explicit (low, high) padding of the two spatial axes."""
   if isinstance(padding, str):
@@ -170,14 +191,22 @@ def _tap_bwd(strides, pads, precision, residuals, g):
   x = lax.pad(lhs, jnp.zeros((), lhs.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
   g2 = g.reshape(-1, cout)
   contract_rows = (((0,), (0,)), ((), ()))  # (M x Cin)^T @ (M x Cout) without materialising a transpose.
-  if cin < FEW_CHANNELS:
-    patches = jnp.concatenate([tap_slice(x, i, j, strides=strides, out_hw=out_hw)
-                               for i in range(kh) for j in range(kw)], axis=-1)
+  taps = [tap_slice(x, i, j, strides=strides, out_hw=out_hw) for i in range(kh) for j in range(kw)]
+  how = kernel_grad_matmuls(rhs.shape)
+  if how == "concatenated":
+    patches = jnp.concatenate(taps, axis=-1)
     d_rhs = lax.dot_general(patches.reshape(-1, kh * kw * cin), g2, contract_rows, precision=precision)
+  elif how == "patches":
+    # The same (M, taps * Cin) patches as a concatenation, but XLA:CPU writes this sum of zero-padded
+    # slices (one fused loop) faster than its concatenate. Cout x (taps * Cin) is the faster orientation.
+    width = len(taps) * cin
+    zero = jnp.zeros((), x.dtype)
+    padded = [lax.pad(t.reshape(-1, cin), zero, ((0, 0, 0), (k * cin, width - (k + 1) * cin, 0)))
+              for k, t in enumerate(taps)]
+    patches = sum(padded[1:], padded[0])
+    d_rhs = lax.dot_general(g2, patches, contract_rows, precision=precision).T
   else:
-    d_rhs = jnp.stack([lax.dot_general(tap_slice(x, i, j, strides=strides, out_hw=out_hw).reshape(-1, cin), g2,
-                                       contract_rows, precision=precision)
-                       for i in range(kh) for j in range(kw)])
+    d_rhs = jnp.stack([lax.dot_general(t.reshape(-1, cin), g2, contract_rows, precision=precision) for t in taps])
   return d_lhs, d_rhs.reshape(kh, kw, cin, cout).astype(rhs.dtype)
 
 
