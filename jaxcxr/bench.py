@@ -24,6 +24,13 @@ device memory. Results print as a table and go to --json_out (default: a new fil
 whose path is printed).
 """
 
+from jaxcxr import hostmem
+
+if __name__ == "__main__":
+  hostmem.reexec_with_huge_pages()  # First: glibc reads its tunables only when a process starts.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+
 import importlib.util
 import json
 import os
@@ -464,7 +471,9 @@ def run_bench(config, *, parts, steps, warmup, windows, peer, data, synthetic_im
   results["device"] = {"kind": dev.device_kind, "platform": dev.platform, "count": jax.device_count(),
                        "processes": jax.process_count(), "host": platform.node(),
                        "cpu": platform.processor() or platform.machine(), "host_cpus": os.cpu_count(),
-                       "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+                       "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                       # The PyTorch peer's child inherits these too (jaxcxr.hostmem): both run alike.
+                       "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
   results["config"]["compute_dtype"] = dtype
   common = (f"{jax.device_count()} x {dev.device_kind}, {dtype}, batch {config.train.batch_size}, "
             f"{config.data.image_size} px, {config.model.name}")
@@ -510,7 +519,8 @@ def main(argv):
                         peer_timeout=FLAGS.peer_timeout)
   d = results["device"]
   print(f"\njaxcxr.bench: {d['count']} x {d['kind']} ({d['platform']}), JAX {d['jax']}, "
-        f"compute {results['config']['compute_dtype']}, host {d['host_cpus']} CPUs"
+        f"compute {results['config']['compute_dtype']}, host {d['host_cpus']} CPUs, "
+        f"GLIBC_TUNABLES={d['glibc_tunables'] or '(unset)'}"
         + (f"; loader data: {results['loader_data']}" if "loader_data" in results else ""))
   print(format_table(results))
   path = FLAGS.json_out

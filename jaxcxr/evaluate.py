@@ -8,6 +8,13 @@ Without --config, the config the run was trained with (WORKDIR/config.json) is u
 WORKDIR/eval/<checkpoint>-<split>/ (see jaxcxr/evaluation.py for what it holds).
 """
 
+from jaxcxr import hostmem
+
+if __name__ == "__main__":
+  hostmem.reexec_with_huge_pages()  # First: glibc reads its tunables only when a process starts.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+
 from absl import flags
 from ml_collections import config_flags
 

@@ -12,6 +12,13 @@ np.load(path, allow_pickle=False) and holds features (N, D) float32, labels (N, 
 patient_ids, is_view and backbone_probs (the model's own probabilities). See jaxcxr/embeddings.py.
 """
 
+from jaxcxr import hostmem
+
+if __name__ == "__main__":
+  hostmem.reexec_with_huge_pages()  # First: glibc reads its tunables only when a process starts.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+
 from absl import flags
 from ml_collections import config_flags
 

@@ -7,6 +7,13 @@ Rerunning the same command in the same workdir resumes from its latest checkpoin
 written to WORKDIR/report/ (report.json, report.md, roc.png, pr.png, scores.npz); SMOTE arms add WORKDIR/smote/.
 """
 
+from jaxcxr import hostmem
+
+if __name__ == "__main__":
+  hostmem.reexec_with_huge_pages()  # First: glibc reads its tunables only when a process starts.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+
 from absl import flags
 import jax
 from ml_collections import config_flags

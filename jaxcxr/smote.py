@@ -8,6 +8,13 @@ Without --config, WORKDIR/config.json is used; override fields with --config.smo
 What the stage does and writes: jaxcxr/head_stages.py (resampling.py, heads.py).
 """
 
+from jaxcxr import hostmem
+
+if __name__ == "__main__":
+  hostmem.reexec_with_huge_pages()  # First: glibc reads its tunables only when a process starts.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+
 from absl import flags
 from ml_collections import config_flags
 

@@ -7,6 +7,13 @@
 How the runs are planned, skipped, resumed and aggregated, and what is written: jaxcxr/study_runner.py.
 """
 
+from jaxcxr import hostmem
+
+if __name__ == "__main__":
+  hostmem.reexec_with_huge_pages()  # First: glibc reads its tunables only when a process starts.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+
 import os
 import sys
 

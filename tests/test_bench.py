@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import platform
 import subprocess
 import sys
 
@@ -158,6 +159,12 @@ def test_cli_prints_table_and_writes_json(tmp_path):
   # sample_only does not augment, and the step row says so (the PyTorch peer never does).
   assert saved["config"]["augment"] is False and saved["config"]["arm"] == "sample_only"
   assert "; no augmentation;" in saved["parts"]["step"]["notes"]
+  # The command re-executed itself with huge pages where this machine allows it (jaxcxr.hostmem), and
+  # the record says under which malloc settings the figures were taken.
+  from jaxcxr import hostmem  # pylint: disable=g-import-not-at-top
+  expected = hostmem.reexec_env(env, system=platform.system(), libc=platform.libc_ver(), thp=hostmem.thp_mode())
+  assert saved["device"]["glibc_tunables"] == (expected or env).get("GLIBC_TUNABLES", "")
+  assert f"GLIBC_TUNABLES={saved['device']['glibc_tunables'] or '(unset)'}" in proc.stdout
 
 
 @pytest.mark.parametrize("mode", ["", "--kernel_grad", "--pool", "--skinny_dot"])
