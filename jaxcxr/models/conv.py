@@ -23,8 +23,8 @@ as matmuls (`benchmarks/xla_cpu_small_conv.py --kernel_grad`). There (`uses_tap_
 narrow (the grey stem: 49 taps of one channel; ResNet's first stage: 9 taps of 64 channels), as one matmul
 over the patches. That one wider matmul keeps both cores busy where the per-tap ones (64 x 64 outputs,
 a contraction over N*Ho*Wo) do not, and it more than pays for building the patches: at 32x32 x 64
-channels, batch 64, 101-108 ms against 136-138 ms (`benchmarks/xla_cpu_small_conv.py --kernel_grad`,
-BENCHMARKS.md). The values are XLA's; the kernel gradient sums the same products in another order (equal
+channels, batch 64, 123 ms against 135 ms, and 30 against 33 ms at 16x16
+(`benchmarks/xla_cpu_small_conv.py --kernel_grad`, BENCHMARKS.md). The values are XLA's; the kernel gradient sums the same products in another order (equal
 to 1e-5).
 """
 
