@@ -6,8 +6,9 @@ Each round runs one child process per setting, alternating (so a noisy neighbour
 malloc, and GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (what `jaxcxr.hostmem` gives jaxcxr's commands). Each
 child compiles `jax.grad` of the model's train-mode loss at --batch x --size x --size x 1, runs --warmup
 calls, then times --steps calls and counts the minor page faults each one takes. It prints the median
-step time and faults per step of every setting and the ratio. Children set JAXCXR_HUGE_PAGES=0 and the
-tunable themselves, so nothing else decides.
+step time, faults per step and the largest peak RSS of every setting, and the ratio. The children are
+plain `python -c` processes given exactly one GLIBC_TUNABLES value each (none, or the tunable), so
+nothing else decides.
 """
 
 import argparse
@@ -44,7 +45,8 @@ for _ in range(steps):
   jax.block_until_ready(grad(*args))
   times.append(time.perf_counter() - start)
   faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps({"times": times, "faults": faults}))
+print(json.dumps({"times": times, "faults": faults,
+                  "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
@@ -57,7 +59,7 @@ def run_child(args, tunables):
   env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
   proc = subprocess.run([sys.executable, "-c", CHILD, args.model, str(args.batch), str(args.size),
                          str(args.warmup), str(args.steps)], env=env, capture_output=True, text=True, check=False)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+  lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
   if proc.returncode or not lines:
     sys.exit(f"child failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
   return json.loads(lines[-1])
@@ -74,18 +76,21 @@ def main():
   args = parser.parse_args()
   print(f"{args.model}, {args.size} px, batch {args.batch}, train-mode forward+backward on CPU; "
         f"{args.rounds} rounds x {args.steps} steps per setting", flush=True)
-  results = {name: {"times": [], "faults": []} for name in SETTINGS}
+  results = {name: {"times": [], "faults": [], "max_rss_mb": []} for name in SETTINGS}
   for r in range(args.rounds):
     for name, tunables in SETTINGS.items():
       out = run_child(args, tunables)
       for key in ("times", "faults"):
         results[name][key] += out[key]
+      results[name]["max_rss_mb"].append(out["max_rss_mb"])
       print(f"  round {r + 1}: {name:<24} median {statistics.median(out['times']):.3f} s", flush=True)
   base = statistics.median(results["default malloc"]["times"])
-  print(f"{'setting':<24} | {'step s (median)':>15} | {'vs default':>10} | {'page faults/step':>16}")
+  print(f"{'setting':<24} | {'step s (median)':>15} | {'vs default':>10} | {'page faults/step':>16} | "
+        f"{'peak RSS MB':>11}")
   for name, res in results.items():
     t = statistics.median(res["times"])
-    print(f"{name:<24} | {t:15.3f} | {t / base:9.3f}x | {statistics.median(res['faults']):16,.0f}")
+    print(f"{name:<24} | {t:15.3f} | {t / base:9.3f}x | {statistics.median(res['faults']):16,.0f} | "
+          f"{max(res['max_rss_mb']):11,.0f}")
 
 
 if __name__ == "__main__":

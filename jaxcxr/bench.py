@@ -27,7 +27,7 @@ whose path is printed).
 from jaxcxr import hostmem
 
 if __name__ == "__main__":
-  hostmem.reexec_with_huge_pages()  # First: glibc reads its tunables only when a process starts.
+  hostmem.reexec_with_huge_pages(__spec__, __file__)  # First: glibc reads its tunables only at start.
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -473,7 +473,7 @@ def run_bench(config, *, parts, steps, warmup, windows, peer, data, synthetic_im
                        "cpu": platform.processor() or platform.machine(), "host_cpus": os.cpu_count(),
                        "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
                        # The PyTorch peer's child inherits these too (jaxcxr.hostmem): both run alike.
-                       "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
+                       "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "thp": hostmem.thp_mode()}
   results["config"]["compute_dtype"] = dtype
   common = (f"{jax.device_count()} x {dev.device_kind}, {dtype}, batch {config.train.batch_size}, "
             f"{config.data.image_size} px, {config.model.name}")
@@ -520,7 +520,7 @@ def main(argv):
   d = results["device"]
   print(f"\njaxcxr.bench: {d['count']} x {d['kind']} ({d['platform']}), JAX {d['jax']}, "
         f"compute {results['config']['compute_dtype']}, host {d['host_cpus']} CPUs, "
-        f"GLIBC_TUNABLES={d['glibc_tunables'] or '(unset)'}"
+        f"GLIBC_TUNABLES={d['glibc_tunables'] or '(unset)'}, THP {d['thp'] or 'unknown'}"
         + (f"; loader data: {results['loader_data']}" if "loader_data" in results else ""))
   print(format_table(results))
   path = FLAGS.json_out

@@ -10,7 +10,7 @@ written to WORKDIR/report/ (report.json, report.md, roc.png, pr.png, scores.npz)
 from jaxcxr import hostmem
 
 if __name__ == "__main__":
-  hostmem.reexec_with_huge_pages()  # First: glibc reads its tunables only when a process starts.
+  hostmem.reexec_with_huge_pages(__spec__, __file__)  # First: glibc reads its tunables only at start.
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 

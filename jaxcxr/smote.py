@@ -11,7 +11,7 @@ What the stage does and writes: jaxcxr/head_stages.py (resampling.py, heads.py).
 from jaxcxr import hostmem
 
 if __name__ == "__main__":
-  hostmem.reexec_with_huge_pages()  # First: glibc reads its tunables only when a process starts.
+  hostmem.reexec_with_huge_pages(__spec__, __file__)  # First: glibc reads its tunables only at start.
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 

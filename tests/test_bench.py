@@ -164,7 +164,8 @@ def test_cli_prints_table_and_writes_json(tmp_path):
   from jaxcxr import hostmem  # pylint: disable=g-import-not-at-top
   expected = hostmem.reexec_env(env, system=platform.system(), libc=platform.libc_ver(), thp=hostmem.thp_mode())
   assert saved["device"]["glibc_tunables"] == (expected or env).get("GLIBC_TUNABLES", "")
-  assert f"GLIBC_TUNABLES={saved['device']['glibc_tunables'] or '(unset)'}" in proc.stdout
+  assert f"GLIBC_TUNABLES={saved['device']['glibc_tunables'] or '(unset)'}, THP " in proc.stdout
+  assert saved["device"]["thp"] == hostmem.thp_mode()
 
 
 @pytest.mark.parametrize("mode", ["", "--kernel_grad", "--pool", "--skinny_dot"])

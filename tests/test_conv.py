@@ -141,19 +141,19 @@ def test_resnet_output_and_gradients_equal_with_xla_convolutions(monkeypatch):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-TAP_CASES = [  # (input side, kernel side, stride, padding, input channels)
-    (8, 3, 1, ((1, 1), (1, 1)), 8),  # ResNet's 3x3 blocks over 64 channels: one matmul over the patches.
-    (8, 3, 1, ((1, 1), (1, 1)), 72),  # Wider patches (ResNet's 128 channels and up): one matmul per tap.
-    (9, 3, 2, ((1, 1), (1, 1)), 8),  # The strided block entering a stage.
-    (8, 1, 2, ((0, 0), (0, 0)), 8),  # The 1x1 projection shortcut.
-    (12, 7, 2, ((3, 3), (3, 3)), 1),  # The grey stem: one matmul over all 49 taps' patches.
-    (8, 3, 2, "SAME", 9),  # Flax's SAME pads (0, 1) here.
-    (6, 2, 1, ((0, 2), (2, 0)), 8),  # Asymmetric explicit padding.
+TAP_CASES = [  # (input side, kernel side, stride, padding, input channels, how the kernel gradient multiplies)
+    (8, 3, 1, ((1, 1), (1, 1)), 8, "patches"),  # ResNet's 3x3 blocks over 64 channels: one matmul, patches.
+    (8, 3, 1, ((1, 1), (1, 1)), 72, "per_tap"),  # Wider patches (ResNet's 128 channels and up).
+    (9, 3, 2, ((1, 1), (1, 1)), 8, "patches"),  # The strided block entering a stage.
+    (8, 1, 2, ((0, 0), (0, 0)), 8, "per_tap"),  # The 1x1 projection shortcut: one tap.
+    (12, 7, 2, ((3, 3), (3, 3)), 1, "concatenated"),  # The grey stem: one matmul over all 49 taps' patches.
+    (8, 3, 2, "SAME", 9, "patches"),  # Flax's SAME pads (0, 1) here.
+    (6, 2, 1, ((0, 2), (2, 0)), 8, "patches"),  # Asymmetric explicit padding.
 ]
 
 
-@pytest.mark.parametrize("size,kernel,stride,padding,cin", TAP_CASES)
-def test_tap_kernel_gradient_equals_xla_convolution(monkeypatch, size, kernel, stride, padding, cin):
+@pytest.mark.parametrize("size,kernel,stride,padding,cin,how", TAP_CASES)
+def test_tap_kernel_gradient_equals_xla_convolution(monkeypatch, size, kernel, stride, padding, cin, how):
   monkeypatch.setattr(conv, "MIN_TAP_GRAD_PIXELS", 1)  # Small maps take the path too, for a quick test.
   x, w = _inputs(size, kernel, cin=cin, cout=6)
   kw = dict(window_strides=(stride, stride), padding=padding)
@@ -169,11 +169,8 @@ def test_tap_kernel_gradient_equals_xla_convolution(monkeypatch, size, kernel, s
   if jax.default_backend() == "cpu":  # The kernel gradient really is computed by matmuls, as many as said.
     grad_w = jax.jit(jax.grad(lambda b: jnp.sum(ours(x, b) * cot))).lower(w).as_text()
     assert "convolution" not in grad_w
-    taps = kernel * kernel
-    how = conv.kernel_grad_matmuls(w.shape)
-    assert how == ("concatenated" if cin < conv.FEW_CHANNELS else "patches" if 1 < taps and taps * cin <= 576
-                   else "per_tap")
-    assert grad_w.count("stablehlo.dot_general") == (taps if how == "per_tap" else 1)
+    assert conv.kernel_grad_matmuls(w.shape) == how
+    assert grad_w.count("stablehlo.dot_general") == (kernel * kernel if how == "per_tap" else 1)
 
 
 def test_only_large_plain_cpu_maps_take_the_tap_kernel_gradient():

@@ -21,11 +21,11 @@ as matmuls (`benchmarks/xla_cpu_small_conv.py --kernel_grad`). There (`uses_tap_
 `jax.custom_vjp` keeps XLA's forward and input gradient and computes the kernel gradient as one
 (Cin x N*Ho*Wo) @ (N*Ho*Wo x Cout) matmul per kernel tap, or, where the patches of all taps together are
 narrow (the grey stem: 49 taps of one channel; ResNet's first stage: 9 taps of 64 channels), as one matmul
-over the patches. That one wider matmul keeps both cores busy where the per-tap ones (64 x 64 outputs,
-a contraction over N*Ho*Wo) do not, and it more than pays for building the patches: at 32x32 x 64
-channels, batch 64, 123 ms against 135 ms, and 30 against 33 ms at 16x16
-(`benchmarks/xla_cpu_small_conv.py --kernel_grad`, BENCHMARKS.md). The values are XLA's; the kernel gradient sums the same products in another order (equal
-to 1e-5).
+over the patches. On the project's 2-core machine that one wider matmul uses the second core better than
+the per-tap ones (64 x 64 outputs, a contraction over N*Ho*Wo), and more than pays for building the
+patches: at 32x32 x 64 channels, batch 64, 123 ms against 135 ms with huge pages (175 against 182 ms
+without), 30 against 33 ms at 16x16 (`benchmarks/xla_cpu_small_conv.py --kernel_grad`, BENCHMARKS.md).
+The values are XLA's; the kernel gradient sums the same products in another order (equal to 1e-5).
 """
 
 import functools
@@ -40,8 +40,8 @@ import jax.numpy as jnp
 # so larger maps stay with XLA.
 MAX_MATMUL_PIXELS = 4
 # Output maps with at least this many pixels get the tap-matmul kernel gradient on CPU (measured with
-# `benchmarks/xla_cpu_small_conv.py --kernel_grad`, batch 64: at 32x32 x 64 channels 0.50 s against 0.82 s,
-# at 16x16 x 128 0.23 s against 0.50 s; at 8x8 x 256 they are even).
+# `benchmarks/xla_cpu_small_conv.py --kernel_grad`, batch 64, 2026-12-01: at 32x32 x 64 channels 135 ms per
+# tap against XLA's 203 ms, at 16x16 x 128 82 ms against 129 ms; at 8x8 x 128 XLA's is faster, 10 against 11).
 MIN_TAP_GRAD_PIXELS = 256
 # Inputs with fewer channels than this take the kernel gradient as one matmul over all taps' patches,
 # concatenated (the grey stem's 49 one-channel taps).
